@@ -1,0 +1,1 @@
+"""The Bus and its backends (rclpy, rosbag replay), message types, bags and conversions."""
