@@ -16,7 +16,10 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob(f"{PACKAGE}/config/*.yaml")),
-        (f"share/{PACKAGE}/models", glob("models/*.json") + glob("models/*.safetensors") + glob("models/*.md")),
+        (
+            f"share/{PACKAGE}/models",
+            glob("models/*.json") + glob("models/*.safetensors") + glob("models/*.md"),
+        ),
         (f"share/{PACKAGE}/calibration", glob("calibration/*.yaml")),
         # The replay backend registers perception_msgs from these very files (see runtime/typestore.py).
         (f"share/{PACKAGE}/msgs/msg", glob("msgs/msg/*.msg")),

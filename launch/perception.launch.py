@@ -3,17 +3,26 @@
 Every argument has a description (``ros2 launch perception_nodes perception.launch.py --show-args``).
 """
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from launch import LaunchDescription
+
 ARGUMENTS = [
     ("image_topic", "/camera/color/image_raw", "input sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8 or mono8)"),
     ("camera_info_topic", "/camera/color/camera_info", "sensor_msgs/CameraInfo of the input image"),
-    ("depth_topic", "/camera/aligned_depth_to_color/image_raw", "optional depth aligned to colour (16UC1 mm or 32FC1 m)"),
-    ("identity", "true", "run the identity node (decode, check, republish): a transport and latency baseline"),
+    (
+        "depth_topic",
+        "/camera/aligned_depth_to_color/image_raw",
+        "optional depth aligned to colour (16UC1 mm or 32FC1 m)",
+    ),
+    (
+        "identity",
+        "true",
+        "run the identity node (decode, check, republish): a transport and latency baseline",
+    ),
     ("identity_output_topic", "/perception/identity/image", "where the identity node republishes images"),
     ("use_sim_time", "false", "use /clock (true when replaying a bag with ros2 bag play --clock)"),
     ("log_level", "info", "node log level: debug, info, warn, error"),
@@ -21,7 +30,10 @@ ARGUMENTS = [
 
 
 def generate_launch_description() -> LaunchDescription:
-    declared = [DeclareLaunchArgument(name, default_value=default, description=desc) for name, default, desc in ARGUMENTS]
+    declared = [
+        DeclareLaunchArgument(name, default_value=default, description=desc)
+        for name, default, desc in ARGUMENTS
+    ]
     use_sim_time = LaunchConfiguration("use_sim_time")
     identity = Node(
         package="perception_nodes",

@@ -14,11 +14,26 @@ from pathlib import Path
 
 # Subcommands implemented next to their capability: name -> (module, add_arguments, run, help).
 _PLUGINS: dict[str, tuple[str, str, str, str]] = {
-    "sim": ("perception_nodes.sim.cli_impl", "add_arguments", "run", "generate MuJoCo tabletop episodes as bags"),
-    "export": ("perception_nodes.inference.cli_impl", "add_export_arguments", "run_export", "export a model to ONNX"),
-    "bench": ("perception_nodes.inference.cli_impl", "add_bench_arguments", "run_bench", "benchmark models per backend"),
+    "sim": (
+        "perception_nodes.sim.cli_impl",
+        "add_arguments",
+        "run",
+        "generate MuJoCo tabletop episodes as bags",
+    ),
+    "export": (
+        "perception_nodes.inference.cli_impl",
+        "add_export_arguments",
+        "run_export",
+        "export a model to ONNX",
+    ),
+    "bench": (
+        "perception_nodes.inference.cli_impl",
+        "add_bench_arguments",
+        "run_bench",
+        "benchmark models per backend",
+    ),
 }
-# train/eval dispatch on a capability: name -> module with add_train_arguments/run_train/add_eval_arguments/run_eval.
+# train/eval dispatch on a capability: name -> module with add_{train,eval}_arguments and run_{train,eval}.
 _CAPABILITIES: dict[str, str] = {
     "segmentation": "perception_nodes.segmentation.cli_impl",
     "forecasting": "perception_nodes.forecasting.cli_impl",
@@ -126,10 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = sub.add_parser("replay", help="run a pipeline of nodes over a bag, write an output bag")
     replay.add_argument("bag", help="input rosbag2 (MCAP or sqlite3)")
-    replay.add_argument("--pipeline", default=str(PACKAGE_DIR / "config" / "identity.yaml"), help="pipeline YAML")
+    replay.add_argument(
+        "--pipeline", default=str(PACKAGE_DIR / "config" / "identity.yaml"), help="pipeline YAML"
+    )
     replay.add_argument("--out", required=True, help="output bag folder (MCAP), written atomically")
-    replay.add_argument("--distro", default="jazzy", choices=["jazzy", "humble"], help="typestore for standard types")
-    replay.add_argument("--realtime", type=float, default=0.0, help="pace at this multiple of real time (0 = fast)")
+    replay.add_argument(
+        "--distro", default="jazzy", choices=["jazzy", "humble"], help="typestore for standard types"
+    )
+    replay.add_argument(
+        "--realtime", type=float, default=0.0, help="pace at this multiple of real time (0 = fast)"
+    )
     replay.add_argument("--keep-going", action="store_true", help="log failing messages and continue")
     replay.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -151,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     from perception_nodes.runtime.bag import BagError
     from perception_nodes.runtime.replay import ReplayError
     from perception_nodes.types import ConversionError

@@ -72,8 +72,6 @@ class CameraModel:
             )
 
 
-
-
 @dataclasses.dataclass
 class Frame:
     """One camera frame as every component's ``step`` receives it.

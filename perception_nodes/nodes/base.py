@@ -10,7 +10,8 @@ trigger input, and outputs. The harness gives every node:
   synchronous ones (replay), which makes replays deterministic and lossless;
 - survival: an exception while processing one message is logged with context and counted, and the node
   keeps serving the next;
-- diagnostics on ``/diagnostics`` (diagnostic_msgs/DiagnosticArray): rate, latency, dropped, errors, last error.
+- diagnostics on ``/diagnostics`` (diagnostic_msgs/DiagnosticArray): rate, latency, dropped, errors,
+  last error.
 """
 
 from __future__ import annotations
@@ -61,14 +62,18 @@ class NodeBase:
         """Create publishers and inputs (override)."""
 
     # -- inputs ----------------------------------------------------------------------------------
-    def trigger(self, topic: str, typename: str, handler: Callable[[Any], None], qos: QoS = QoS.SENSOR) -> None:
+    def trigger(
+        self, topic: str, typename: str, handler: Callable[[Any], None], qos: QoS = QoS.SENSOR
+    ) -> None:
         """Process every newest message of ``topic`` with ``handler`` (newest frame wins)."""
         self._handlers[topic] = handler
         self.bus.subscribe(topic, typename, lambda msg, t=topic: self._offer(t, msg), qos)
 
     def cache(self, topic: str, typename: str, qos: QoS = QoS.SENSOR) -> None:
-        """Keep the latest message of ``topic`` for ``latest(topic)`` (e.g. camera_info, depth)."""
-        self.bus.subscribe(topic, typename, lambda msg, t=topic: self._cache.__setitem__(t, msg), qos)
+        """Keep the latest message of optional input ``topic`` for ``latest(topic)`` (camera_info, depth)."""
+        self.bus.subscribe(
+            topic, typename, lambda msg, t=topic: self._cache.__setitem__(t, msg), qos, optional=True
+        )
 
     def latest(self, topic: str) -> Any:
         return self._cache.get(topic)
@@ -83,7 +88,9 @@ class NodeBase:
             self._slots[topic] = msg
             self._cond.notify()
         if self._worker is None:
-            self._worker = threading.Thread(target=self._run_worker, name=f"{self.bus.name}-worker", daemon=True)
+            self._worker = threading.Thread(
+                target=self._run_worker, name=f"{self.bus.name}-worker", daemon=True
+            )
             self._worker.start()
 
     def _run_worker(self) -> None:
@@ -101,7 +108,7 @@ class NodeBase:
         start = time.perf_counter()
         try:
             self._handlers[topic](msg)
-        except Exception as exc:  # noqa: BLE001 - survival: one bad frame never stops the node
+        except Exception as exc:
             self._record_error(topic, msg, exc)
             return
         self.stats.processed += 1
@@ -113,10 +120,10 @@ class NodeBase:
         stamp = _safe_stamp(msg)
         context = f"{topic} @ {stamp / 1e9:.3f}s" if stamp is not None else topic
         self.stats.last_error = f"{type(exc).__name__}: {exc}"
-        self.log.error("%s: error processing %s: %s", self.bus.name, context, self.stats.last_error)
         report = getattr(self.bus, "node_error", None)
-        if report is not None:
-            report(exc, context)
+        if report is not None and report(exc, context):
+            return  # the bus stops on this error and tells the user itself (strict replay)
+        self.log.error("%s: error processing %s: %s", self.bus.name, context, self.stats.last_error)
 
     def shutdown(self) -> None:
         with self._cond:
@@ -142,7 +149,10 @@ class NodeBase:
 
     def publish_diagnostics(self) -> None:
         bus = self.bus
-        values = [bus.make("diagnostic_msgs/msg/KeyValue", key=k, value=v) for k, v in self.diagnostics_values().items()]
+        values = [
+            bus.make("diagnostic_msgs/msg/KeyValue", key=k, value=v)
+            for k, v in self.diagnostics_values().items()
+        ]
         level = 1 if self.stats.errors else 0  # WARN once anything failed, else OK
         status = bus.make(
             "diagnostic_msgs/msg/DiagnosticStatus",

@@ -7,6 +7,7 @@ Writing produces an MCAP bag in a hidden staging folder that is renamed into pla
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterable, Iterator
@@ -69,9 +70,7 @@ class BagReader:
         out = []
         for topic, info in sorted(self._reader.topics.items()):
             conns = info.connections
-            out.append(
-                TopicSummary(topic, info.msgtype or "?", info.msgcount, *self._span(conns))
-            )
+            out.append(TopicSummary(topic, info.msgtype or "?", info.msgcount, *self._span(conns)))
         return out
 
     def _span(self, conns: list[Any]) -> tuple[int, int]:
@@ -94,9 +93,7 @@ class BagReader:
 
     def count(self, topics: Iterable[str] | None = None) -> int:
         wanted = set(topics) if topics is not None else None
-        return sum(
-            info.msgcount for t, info in self._reader.topics.items() if wanted is None or t in wanted
-        )
+        return sum(info.msgcount for t, info in self._reader.topics.items() if wanted is None or t in wanted)
 
     def require(self, topics: Iterable[str]) -> None:
         """Raise BagError naming any of ``topics`` that the bag does not have."""
@@ -108,6 +105,8 @@ class BagReader:
     def messages(self, topics: Iterable[str] | None = None) -> Iterator[tuple[str, str, int, Any]]:
         wanted = set(topics) if topics is not None else None
         conns = [c for c in self._reader.connections if wanted is None or c.topic in wanted]
+        if not conns:
+            return  # rosbags reads every connection when given none
         try:
             for conn, timestamp, raw in self._reader.messages(connections=conns):
                 yield conn.topic, conn.msgtype, timestamp, self._reader.deserialize(raw, conn.msgtype)
@@ -116,7 +115,7 @@ class BagReader:
 
 
 class BagWriter:
-    """Write an MCAP rosbag2 atomically: data goes to ``.<name>.partial/<name>`` beside it and is renamed on ``close``.
+    """Write an MCAP rosbag2 atomically: data goes to ``.<name>.partial/<name>`` and is renamed on ``close``.
 
     Use as a context manager; on an exception the partial bag is removed and ``path`` never appears.
     Message definitions (ours included) are embedded, so AnyReader reads the bag with no registration.
@@ -149,7 +148,9 @@ class BagWriter:
     def add_topic(self, topic: str, typename: str) -> None:
         if topic in self._conns:
             if self._conns[topic].msgtype != typename:
-                raise BagError(f"topic {topic} written with two types: {self._conns[topic].msgtype}, {typename}")
+                raise BagError(
+                    f"topic {topic} written with two types: {self._conns[topic].msgtype}, {typename}"
+                )
             return
         self._conns[topic] = self._writer.add_connection(topic, typename, typestore=self.store)
         self.counts[topic] = 0
@@ -172,10 +173,8 @@ class BagWriter:
         self._staging.rmdir()
 
     def abort(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # the bag is being discarded anyway
             self._writer.close()
-        except Exception:  # noqa: BLE001 - the bag is being discarded anyway
-            pass
         shutil.rmtree(self._staging, ignore_errors=True)
 
 

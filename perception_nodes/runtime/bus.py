@@ -55,9 +55,18 @@ class Bus(abc.ABC):
 
     @abc.abstractmethod
     def subscribe(
-        self, topic: str, typename: str, callback: Callable[[Any], None], qos: QoS = QoS.SENSOR
+        self,
+        topic: str,
+        typename: str,
+        callback: Callable[[Any], None],
+        qos: QoS = QoS.SENSOR,
+        optional: bool = False,
     ) -> None:
-        """Call ``callback(msg)`` for every message on ``topic``."""
+        """Call ``callback(msg)`` for every message on ``topic``.
+
+        ``optional`` marks inputs a node works without (camera_info, depth): a replay does not require
+        them in the bag. Live backends ignore it.
+        """
 
     @abc.abstractmethod
     def timer(self, period_s: float, callback: Callable[[], None]) -> None:
@@ -78,7 +87,9 @@ class Bus(abc.ABC):
     def header(self, stamp_ns: int, frame_id: str = "") -> Any:
         """A ``std_msgs/msg/Header`` for ``stamp_ns`` nanoseconds since the epoch."""
         stamp = self.make(
-            "builtin_interfaces/msg/Time", sec=int(stamp_ns // 1_000_000_000), nanosec=int(stamp_ns % 1_000_000_000)
+            "builtin_interfaces/msg/Time",
+            sec=int(stamp_ns // 1_000_000_000),
+            nanosec=int(stamp_ns % 1_000_000_000),
         )
         return self.make("std_msgs/msg/Header", stamp=stamp, frame_id=frame_id)
 
@@ -90,8 +101,9 @@ class Bus(abc.ABC):
         """
         return config_from_overrides(config, self.get_parameter_overrides, prefix)
 
-    def shutdown(self) -> None:  # pragma: no cover - backends override when they hold resources
+    def shutdown(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release backend resources."""
+        return None
 
 
 def stamp_ns(msg: Any) -> int:

@@ -8,7 +8,6 @@ Image arrays are (H, W, C) or (H, W), row 0 at the top, x right, y down. Colour 
 ``image_to_numpy`` keep the message's channel order; ``to_rgb`` converts any supported encoding to RGB.
 """
 
-
 from __future__ import annotations
 
 import sys
@@ -49,9 +48,7 @@ ENCODINGS: dict[str, tuple[str, int]] = {
 
 def _check_encoding(encoding: str) -> tuple[np.dtype, int]:
     if encoding not in ENCODINGS:
-        raise ConversionError(
-            f"unsupported image encoding {encoding!r}; supported: {', '.join(ENCODINGS)}"
-        )
+        raise ConversionError(f"unsupported image encoding {encoding!r}; supported: {', '.join(ENCODINGS)}")
     dtype, channels = ENCODINGS[encoding]
     return np.dtype(dtype), channels
 
@@ -99,9 +96,7 @@ def depth_to_metres(msg: Any) -> np.ndarray:
     raise ConversionError(f"image encoding {msg.encoding!r} is not a depth encoding (16UC1 or 32FC1)")
 
 
-def numpy_to_image(
-    make: Callable[..., Any], array: np.ndarray, encoding: str, header: Any = None
-) -> Any:
+def numpy_to_image(make: Callable[..., Any], array: np.ndarray, encoding: str, header: Any = None) -> Any:
     """Build a sensor_msgs/Image from ``array`` with ``make('sensor_msgs/msg/Image', **fields)``."""
     dtype, channels = _check_encoding(encoding)
     if array.dtype != dtype:

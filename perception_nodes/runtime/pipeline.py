@@ -1,10 +1,10 @@
 """Pipeline files: which nodes a replay runs, with their parameters (YAML, read with ``yaml.safe_load``).
 
-    nodes:
-      - type: identity            # a key of perception_nodes.nodes.NODE_TYPES
-        name: identity            # node name (defaults to type)
-        params: {output_topic: /perception/identity/image}
-    passthrough: [/camera/color/camera_info]   # input topics copied into the output bag
+nodes:
+  - type: identity            # a key of perception_nodes.nodes.NODE_TYPES
+    name: identity            # node name (defaults to type)
+    params: {output_topic: /perception/identity/image}
+passthrough: [/camera/color/camera_info]   # input topics copied into the output bag
 """
 
 from __future__ import annotations

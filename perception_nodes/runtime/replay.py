@@ -59,8 +59,17 @@ class ReplayBus(Bus):
         self.runner.produced.add(topic)
         return _ReplayPublisher(self.runner, topic, typename)
 
-    def subscribe(self, topic: str, typename: str, callback: Callable[[Any], None], qos: QoS = QoS.SENSOR):
+    def subscribe(
+        self,
+        topic: str,
+        typename: str,
+        callback: Callable[[Any], None],
+        qos: QoS = QoS.SENSOR,
+        optional: bool = False,
+    ) -> None:
         self.runner.subscriptions[topic].append((typename, callback))
+        if not optional:
+            self.runner.required.add(topic)
 
     def timer(self, period_s: float, callback: Callable[[], None]) -> None:
         if period_s <= 0:
@@ -79,9 +88,9 @@ class ReplayBus(Bus):
             raise ValueError(f"node {self.name}: unknown parameter(s) {unknown}; known: {sorted(names)}")
         return {name: self.params.get(name, default) for name, (default, _) in names.items()}
 
-    def node_error(self, exc: BaseException, context: str) -> None:
-        """Called by the node harness when processing fails; strict replays stop on it."""
-        self.runner.node_error(self.name, exc, context)
+    def node_error(self, exc: BaseException, context: str) -> bool:
+        """Called by the node harness when processing fails; True when the replay stops on it (strict)."""
+        return self.runner.node_error(self.name, exc, context)
 
 
 @dataclasses.dataclass
@@ -127,6 +136,7 @@ class ReplayRunner:
         self.subscriptions: dict[str, list[tuple[str, Callable[[Any], None]]]] = collections.defaultdict(list)
         self.timers: list[_Timer] = []
         self.produced: set[str] = set()
+        self.required: set[str] = set()
         self.now_ns = 0
         self.stats = ReplayStats()
         self._pending: collections.deque = collections.deque()
@@ -143,10 +153,11 @@ class ReplayRunner:
         if topic in self.subscriptions:
             self._pending.append((topic, msg))
 
-    def node_error(self, node: str, exc: BaseException, context: str) -> None:
+    def node_error(self, node: str, exc: BaseException, context: str) -> bool:
         self.stats.errors += 1
         if self.strict and self._failure is None:
             self._failure = f"node {node} failed on {context}: {exc}"
+        return self.strict
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self, progress: Callable[[int], None] | None = None, limit: int | None = None) -> ReplayStats:
@@ -154,7 +165,7 @@ class ReplayRunner:
         inputs = set(self.subscriptions) | self.passthrough
         if not inputs:
             raise ReplayError("nothing subscribes to any topic and no passthrough topics were given")
-        self.reader.require(t for t in self.subscriptions if t not in self.produced)
+        self.reader.require(self.required - self.produced)
         writer = BagWriter(self.out, overwrite=self.overwrite) if self.out is not None else None
         self._writer = writer
         start, first_ns = time.perf_counter(), None

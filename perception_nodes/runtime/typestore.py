@@ -43,7 +43,7 @@ def custom_types() -> dict[str, Any]:
     return types
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def typestore(distro: str = "jazzy") -> Typestore:
     """A typestore for ``distro`` (jazzy or humble) with the custom messages registered."""
     if distro not in _STORES:
@@ -97,7 +97,6 @@ def make(store: Typestore, typename: str, **fields: Any) -> Any:
     if unknown:
         raise TypeError(f"{typename} has no field(s) {sorted(unknown)}")
     values = {
-        name: fields[name] if name in fields else default_value(store, node)
-        for name, node in fielddefs
+        name: fields[name] if name in fields else default_value(store, node) for name, node in fielddefs
     }
     return cls(**values)
