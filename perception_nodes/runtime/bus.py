@@ -101,7 +101,7 @@ class Bus(abc.ABC):
         """
         return config_from_overrides(config, self.get_parameter_overrides, prefix)
 
-    def shutdown(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
+    def shutdown(self) -> None:
         """Release backend resources."""
         return None
 
