@@ -103,15 +103,27 @@ class BagReader:
             raise BagError(f"bag {self.path} has no topic {', '.join(missing)} (topics: {have})")
 
     def messages(self, topics: Iterable[str] | None = None) -> Iterator[tuple[str, str, int, Any]]:
+        """Deserialized messages: ``(topic, typename, log_time_ns, msg)`` in log-time order."""
+        for topic, typename, timestamp, raw in self.raw_messages(topics):
+            yield topic, typename, timestamp, self.deserialize(raw, typename)
+
+    def raw_messages(self, topics: Iterable[str] | None = None) -> Iterator[tuple[str, str, int, bytes]]:
+        """Serialized (CDR) messages: ``(topic, typename, log_time_ns, raw)`` in log-time order."""
         wanted = set(topics) if topics is not None else None
         conns = [c for c in self._reader.connections if wanted is None or c.topic in wanted]
         if not conns:
             return  # rosbags reads every connection when given none
         try:
             for conn, timestamp, raw in self._reader.messages(connections=conns):
-                yield conn.topic, conn.msgtype, timestamp, self._reader.deserialize(raw, conn.msgtype)
+                yield conn.topic, conn.msgtype, timestamp, raw
         except (AnyReaderError, ReaderError, OSError, ValueError, KeyError, IndexError) as exc:
             raise BagError(f"bag {self.path} is corrupt or truncated: {_one_line(exc)}") from exc
+
+    def deserialize(self, raw: bytes, typename: str) -> Any:
+        try:
+            return self._reader.deserialize(raw, typename)
+        except (ValueError, KeyError, IndexError, AssertionError) as exc:
+            raise BagError(f"bag {self.path}: cannot decode a {typename}: {_one_line(exc)}") from exc
 
 
 class BagWriter:

@@ -170,13 +170,15 @@ class ReplayRunner:
         self._writer = writer
         start, first_ns = time.perf_counter(), None
         try:
-            for topic, typename, stamp, msg in self.reader.messages(inputs):
+            for topic, typename, stamp, raw in self.reader.raw_messages(inputs):
                 first_ns = stamp if first_ns is None else first_ns
                 self._pace(start, first_ns, stamp)
                 self._advance(stamp)
                 if writer is not None and topic in self.passthrough:
-                    writer.write(topic, stamp, msg, typename)
-                self._deliver(topic, msg)
+                    writer.add_topic(topic, typename)
+                    writer.write_raw(topic, stamp, raw)  # copied as is: no re-serialisation
+                if topic in self.subscriptions:
+                    self._deliver(topic, self.reader.deserialize(raw, typename))
                 self.stats.input_messages += 1
                 if progress:
                     progress(1)
