@@ -92,8 +92,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import json
+
     demo = importlib.import_module("perception_nodes.demo")
-    return demo.run(args)
+    result = demo.run(args)
+    for name, path in result.pop("paths").items():
+        print(f"{name:>8}: {path}")
+    print(json.dumps(result, indent=2))
+    return 0
 
 
 def _add_plugin(sub: argparse._SubParsersAction, name: str) -> None:
@@ -160,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_out", help="output folder")
     demo.add_argument("--frames", type=int, default=24, help="frames of the generated sim episode")
     demo.add_argument("--seed", type=int, default=0, help="scene seed")
+    demo.add_argument("--bag", help="use this bag instead of generating a sim episode")
+    demo.add_argument("--pipeline", help="pipeline YAML (default: config/demo.yaml)")
     demo.set_defaults(func=cmd_demo)
 
     for name in _PLUGINS:

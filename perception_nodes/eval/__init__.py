@@ -1,0 +1,1 @@
+"""Metrics, replay evaluation, pictures and reports shared by the capabilities and the demo."""
