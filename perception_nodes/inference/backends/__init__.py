@@ -1,0 +1,1 @@
+"""Backends behind one Engine interface: torch eager (CPU/CUDA), onnxruntime, TensorRT."""
