@@ -52,6 +52,7 @@ setup(
         "console_scripts": [
             "perception-nodes = perception_nodes.cli:main",
             "identity_node = perception_nodes.nodes.identity:main",
+            "sim_camera_node = perception_nodes.sim.live:main",
         ],
     },
 )

@@ -185,11 +185,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     from perception_nodes.runtime.bag import BagError
     from perception_nodes.runtime.replay import ReplayError
+    from perception_nodes.sim.errors import SimError
     from perception_nodes.types import ConversionError
 
     try:
         return int(args.func(args) or 0)
-    except (UserError, BagError, ReplayError, ConversionError, ValueError, FileNotFoundError) as exc:
+    except (
+        UserError,
+        BagError,
+        ReplayError,
+        SimError,
+        ConversionError,
+        ValueError,
+        FileNotFoundError,
+    ) as exc:
         print(f"perception-nodes {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

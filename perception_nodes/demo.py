@@ -19,7 +19,7 @@ from tqdm import tqdm
 from perception_nodes.eval import draw
 from perception_nodes.nodes import build_nodes
 from perception_nodes.runtime.bag import BagReader
-from perception_nodes.runtime.convert import image_to_numpy, to_rgb
+from perception_nodes.runtime.convert import depth_to_metres, image_to_numpy, to_rgb
 from perception_nodes.runtime.pipeline import load_pipeline, parse_pipeline
 from perception_nodes.runtime.replay import ReplayRunner
 
@@ -29,6 +29,8 @@ IMAGE = "/camera/color/image_raw"
 SEGMENTS = "/perception/segments"
 TRACKS = "/perception/tracks"
 FORECAST = "/perception/forecast"
+DEPTH = "/camera/aligned_depth_to_color/image_raw"
+GT_INSTANCES = "/sim/ground_truth/instances"
 
 
 def make_bag(path: Path, frames: int, seed: int) -> Path:
@@ -76,8 +78,11 @@ def _by_stamp(reader: BagReader, topic: str) -> dict[int, object]:
     return {t: m for _, _, t, m in reader.messages([topic])}
 
 
-def contact_sheet(out_bag: Path, png: Path, columns: int = 4) -> Path:
-    """RGB | segments | tracks + forecast for a few frames spread over the episode."""
+def contact_sheet(out_bag: Path, in_bag: Path, png: Path, columns: int = 4) -> Path:
+    """RGB | depth | true instances | segments | tracks + forecast for a few frames over the episode."""
+    with BagReader(in_bag) as reader:
+        depths = _by_stamp(reader, DEPTH)
+        truth = _by_stamp(reader, GT_INSTANCES)
     with BagReader(out_bag) as reader:
         images = _by_stamp(reader, IMAGE)
         segments = _by_stamp(reader, SEGMENTS)
@@ -89,6 +94,10 @@ def contact_sheet(out_bag: Path, png: Path, columns: int = 4) -> Path:
     for stamp in picks:
         rgb = to_rgb(images[stamp])
         row = [draw.caption(rgb, f"t={(stamp - stamps[0]) / 1e9:.2f}s")]
+        if stamp in depths:
+            row.append(draw.caption(draw.colorize_depth(depth_to_metres(depths[stamp])), "depth"))
+        if stamp in truth:
+            row.append(draw.caption(draw.overlay_labels(rgb, image_to_numpy(truth[stamp])), "true objects"))
         if stamp in segments:
             row.append(
                 draw.caption(draw.overlay_labels(rgb, image_to_numpy(segments[stamp].labels)), "segments")
@@ -122,7 +131,7 @@ def run(args: argparse.Namespace) -> dict:
     bag = make_bag(Path(args.bag) if args.bag else out / "sim_episode", args.frames, args.seed)
     pipeline_path = Path(args.pipeline) if args.pipeline else PACKAGE_DIR / "config" / "demo.yaml"
     metrics = {"bag": str(bag), "replay": replay(bag, out / "perception", pipeline_path)}
-    png = contact_sheet(out / "perception", out / "demo.png")
+    png = contact_sheet(out / "perception", bag, out / "demo.png")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return {
         **metrics,
