@@ -1,5 +1,6 @@
 """The CLI's info and demo commands on real bags."""
 
+import importlib.util
 import json
 
 import cv2
@@ -26,7 +27,8 @@ def test_info_on_missing_bag_is_one_line(tmp_path, capsys):
 
 
 def test_demo_writes_bag_picture_metrics(tmp_path, capsys):
-    pytest.importorskip("mujoco")
+    if importlib.util.find_spec("mujoco") is None:  # not imported here: the sim picks the GL backend first
+        pytest.skip("mujoco is not installed")
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--frames", "6"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
