@@ -3,12 +3,11 @@
 Every argument has a description (``ros2 launch perception_nodes perception.launch.py --show-args``).
 """
 
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
-
-from launch import LaunchDescription
 
 ARGUMENTS = [
     ("image_topic", "/camera/color/image_raw", "input sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8 or mono8)"),
