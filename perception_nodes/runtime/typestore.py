@@ -20,18 +20,39 @@ _STORES = {"jazzy": Stores.ROS2_JAZZY, "humble": Stores.ROS2_HUMBLE}
 
 
 def msg_dir() -> Path:
-    """Locate ``msgs/msg``: $PERCEPTION_MSGS_DIR, the source tree, or the installed share folder."""
+    """Locate ``msgs/msg``: $PERCEPTION_MSGS_DIR, the source tree, or an installed share folder.
+
+    Installed copies: ``share/perception_nodes/msgs/msg`` (setup.py data_files) under the Python prefix or
+    a colcon install prefix (found with ament_index when ROS is sourced), or rosidl's
+    ``share/perception_msgs/msg``.
+    """
     candidates = []
     if env := os.environ.get("PERCEPTION_MSGS_DIR"):
         candidates.append(Path(env))
     candidates.append(Path(__file__).resolve().parents[2] / "msgs" / "msg")
     candidates.append(Path(sys.prefix) / "share" / "perception_nodes" / "msgs" / "msg")
+    candidates.extend(_ament_share_dirs())
     for path in candidates:
         if path.is_dir() and any(path.glob("*.msg")):
             return path
     raise FileNotFoundError(
         "perception_msgs .msg files not found; looked in " + ", ".join(map(str, candidates))
     )
+
+
+def _ament_share_dirs() -> list[Path]:
+    """Share folders of our packages in a sourced colcon/ROS install (none without ament_index)."""
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+    except ImportError:
+        return []
+    found = []
+    for package, sub in (("perception_nodes", "msgs/msg"), (MSG_PACKAGE, "msg")):
+        try:
+            found.append(Path(get_package_share_directory(package)) / sub)
+        except PackageNotFoundError:
+            continue
+    return found
 
 
 def custom_types() -> dict[str, Any]:
