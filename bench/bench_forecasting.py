@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Forecasting speed on CPU: the ``small`` update, and ``official`` fast sampling vs the naive loop.
+
+1. ``small`` forecast update (encode the frame + K = 5 samples x 100 points x H = 15 steps, history 8):
+   cold (4 Euler steps per step) and warm (re-noise the previous forecast to t = 0.8, 2 Euler steps),
+   1 and 2 torch threads. Goal (issue 6): <= 50 ms.
+2. ``official`` sizes (random weights, stand-in encoders): the fast sampler (encoders once, KV cache,
+   K batched, 4 Euler steps) and the naive released loop (no cache, global encoder re-run at every
+   evaluation, 15 evaluations per step) in the same run, on the same inputs. The full protocol (N = 100,
+   K = 5, H = 15) takes on the order of an hour for the naive loop on 2 CPU cores, so by default both run a
+   reduced protocol (--official-points/-samples/-horizon); the ratio is the figure. Goal: >= 100x
+   (on a GPU: bench/gpu_forecasting.py runs the full protocol).
+  python bench/bench_forecasting.py [--json out.json] [--skip-official] [--official-full]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from perception_nodes.forecasting.config import official, small
+from perception_nodes.forecasting.encoders import HieraTinyStandIn, ViTB32StandIn
+from perception_nodes.forecasting.network import ARFM
+from perception_nodes.forecasting.sampler import FastSampler, ForecastInputs, sample_naive_official
+from perception_nodes.forecasting.weights import load_model
+
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "arfm_small.safetensors"
+
+
+def timed(fn, reps: int) -> dict:
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    times.sort()
+    return {"median_ms": times[len(times) // 2], "min_ms": times[0], "max_ms": times[-1], "reps": reps}
+
+
+@torch.no_grad()
+def bench_small(threads: int, reps: int) -> dict:
+    torch.set_num_threads(threads)
+    model = load_model(SHIPPED) if SHIPPED.exists() else ARFM(small()).eval()
+    n, k, h, s = 100, 5, 15, 8
+    gen = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, 240, 320, generator=gen)
+    history = torch.rand(1, n, 1, 2, generator=gen) * 200 + torch.cumsum(
+        torch.randn(1, n, s, 2, generator=gen), 2
+    )
+    observed, valid = torch.ones(1, n, s, dtype=torch.bool), torch.ones(1, n, dtype=torch.bool)
+    sampler = FastSampler(model, h, k, euler_steps=4, warm_start_t=0.8, warm_start_steps=2)
+    warm = torch.randn(k, n, h, 2, generator=gen)
+    warm[:, :, -1] = float("nan")  # the newest step starts cold
+
+    def update(use_warm: bool):
+        def run():
+            small_image = torch.nn.functional.interpolate(image, size=(128, 128), mode="area")
+            fmaps, tokens = model.encode_image(small_image)
+            inp = ForecastInputs(
+                fmaps, tokens, history, observed, valid, model.condition(1, None, None, "cpu")
+            )
+            return sampler.sample(inp, warm=warm if use_warm else None, generator=gen)
+
+        return run
+
+    return {
+        "threads": threads,
+        "weights": "shipped" if SHIPPED.exists() else "random",
+        "cold_euler4": timed(update(False), reps),
+        "warm_t0.8_euler2": timed(update(True), reps),
+    }
+
+
+@torch.no_grad()
+def bench_official(points: int, samples: int, horizon: int, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg = official()
+    model, dense, glob = ARFM(cfg).eval(), HieraTinyStandIn().eval(), ViTB32StandIn().eval()
+    for p in model.head.parameters():
+        p.add_(torch.randn_like(p) * 0.02)
+    gen = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, 512, 512, generator=gen)
+    history = torch.rand(1, points, 1, 2, generator=gen) * 256
+    text, pooled = (
+        torch.randn(1, 32, cfg.text_dim, generator=gen),
+        torch.randn(1, cfg.text_dim, generator=gen),
+    )
+    noise = torch.randn(samples, horizon, points, 2, generator=gen)
+
+    def inputs():
+        cond = model.condition(1, torch.tensor([2]), pooled, "cpu")
+        return ForecastInputs(
+            dense(image),
+            glob(image),
+            history,
+            torch.ones(1, points, 1, dtype=torch.bool),
+            torch.ones(1, points, dtype=torch.bool),
+            cond,
+            text,
+        )
+
+    sampler = FastSampler(model, horizon, samples, euler_steps=4)
+    start = time.perf_counter()
+    fast = sampler.sample(inputs(), noise)
+    fast_ms = (time.perf_counter() - start) * 1e3
+    images = image.expand(samples, -1, -1, -1)
+    start = time.perf_counter()
+    naive = sample_naive_official(model, inputs(), noise, reencode=lambda: glob(images), num_steps=16)
+    naive_ms = (time.perf_counter() - start) * 1e3
+    return {
+        "points": points,
+        "samples": samples,
+        "horizon": horizon,
+        "threads": threads,
+        "fast_ms": fast_ms,
+        "naive_ms": naive_ms,
+        "speedup": naive_ms / fast_ms,
+        "mean_abs_diff_px": float((fast - naive).abs().mean()),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--json", default="")
+    ap.add_argument("--skip-official", action="store_true")
+    ap.add_argument(
+        "--official-full", action="store_true", help="N=100, K=5, H=15 (about an hour on 2 cores)"
+    )
+    ap.add_argument("--official-points", type=int, default=16)
+    ap.add_argument("--official-samples", type=int, default=2)
+    ap.add_argument("--official-horizon", type=int, default=4)
+    args = ap.parse_args()
+    out: dict = {"small": [bench_small(t, args.reps) for t in (1, 2)]}
+    for r in out["small"]:
+        print(
+            f"small update, {r['threads']} thread(s), {r['weights']} weights: "
+            f"cold {r['cold_euler4']['median_ms']:.1f} ms, warm {r['warm_t0.8_euler2']['median_ms']:.1f} ms "
+            f"(median of {args.reps}; goal <= 50 ms)"
+        )
+    if not args.skip_official:
+        n, k, h = (
+            (100, 5, 15)
+            if args.official_full
+            else (args.official_points, args.official_samples, args.official_horizon)
+        )
+        r = out["official"] = bench_official(n, k, h, threads=1)
+        print(
+            f"official sizes, N={n} K={k} H={h}, 1 thread: fast {r['fast_ms']:.0f} ms, "
+            f"naive {r['naive_ms']:.0f} ms -> {r['speedup']:.1f}x (goal >= 100x)"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""Forecast evaluation: the ARFM metric, minADE/minFDE over K, constant-velocity and static baselines.
+
+All errors are measured in the 256 x 256 model frame (``coord_size``), as the official metric:
+- ``delta_avg``: fraction of visible future points within δ ∈ {4, 8, 16, 32, 64} px, averaged over δ, the
+  best of the K samples per example (the released evaluation picks the best sample per example);
+- ``min_ade`` / ``min_fde``: per point, the minimum over K of the mean (final-step) error over visible
+  future steps, averaged over points; ``moving_*``: the same on points whose true future moves more than
+  ``moving_px`` from the query position.
+Baselines get the same points: ``static`` (the query point stays) and ``constant_velocity`` (the last
+observed step displacement repeats). Histories are ground-truth tracks (the forecaster is evaluated alone).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from perception_nodes.forecasting.config import SamplingConfig
+from perception_nodes.forecasting.network import ARFM
+from perception_nodes.forecasting.processor import make_window
+from perception_nodes.forecasting.sampler import FastSampler, ForecastInputs
+
+log = logging.getLogger(__name__)
+
+DELTAS = (4, 8, 16, 32, 64)
+SAMPLE_COLOURS = ((0, 200, 255), (255, 0, 255), (255, 255, 0), (255, 140, 0), (150, 150, 255))
+
+
+def delta_avg(pred: np.ndarray, gt: np.ndarray, vis: np.ndarray, deltas=DELTAS) -> float:
+    """pred, gt (M, H, 2), vis (M, H): fraction of visible points within each δ, averaged over δ."""
+    if not vis.any():
+        return float("nan")
+    err = np.linalg.norm(pred - gt, axis=-1)[vis]
+    return float(np.mean([(err < d).mean() for d in deltas]))
+
+
+def example_metrics(
+    samples: np.ndarray, gt: np.ndarray, vis: np.ndarray, query: np.ndarray, moving_px: float = 4.0
+) -> dict[str, float]:
+    """samples (K, M, H, 2), gt (M, H, 2), vis (M, H), query (M, 2), model frame -> metrics of one example."""
+    err = np.linalg.norm(samples - gt[None], axis=-1)  # (K, M, H)
+    has = vis.any(axis=1)
+    ade = np.where(vis[None], err, 0).sum(-1) / np.maximum(vis.sum(-1), 1)[None]  # (K, M)
+    last = vis[:, -1]
+    travel = np.where(vis, np.linalg.norm(gt - query[:, None], axis=-1), 0.0).max(axis=1)
+    moving = has & (travel > moving_px)
+    out = {
+        "delta_avg": max(delta_avg(s, gt, vis) for s in samples),
+        "min_ade": float(ade.min(0)[has].mean()) if has.any() else float("nan"),
+        "min_fde": float(err[:, last, -1].min(0).mean()) if last.any() else float("nan"),
+        "moving_min_ade": float(ade.min(0)[moving].mean()) if moving.any() else float("nan"),
+        "moving_min_fde": float(err[:, moving & last, -1].min(0).mean())
+        if (moving & last).any()
+        else float("nan"),
+        "points": int(has.sum()),
+        "moving_points": int(moving.sum()),
+    }
+    return out
+
+
+def baselines(history: np.ndarray, observed: np.ndarray, horizon: int) -> dict[str, np.ndarray]:
+    """Static and constant-velocity forecasts (1, M, H, 2) from history (M, S, 2) / observed (M, S)."""
+    query = history[:, -1]
+    static = np.repeat(query[:, None], horizon, axis=1)
+    vel = history[:, -1] - history[:, -2] if history.shape[1] > 1 else np.zeros_like(query)
+    ok = observed[:, -1] & observed[:, -2] if history.shape[1] > 1 else np.zeros(len(query), bool)
+    vel = np.where(ok[:, None], vel, 0.0)
+    cv = query[:, None] + vel[:, None] * np.arange(1, horizon + 1)[None, :, None]
+    return {"static": static[None], "constant_velocity": cv[None]}
+
+
+@dataclasses.dataclass
+class Example:
+    """One evaluated window (model frame)."""
+
+    rgb: np.ndarray  # (H, W, 3) frame at the query time
+    history: np.ndarray  # (M, S, 2)
+    gt: np.ndarray  # (M, H, 2)
+    vis: np.ndarray  # (M, H)
+    forecasts: dict[str, np.ndarray]  # name -> (K, M, H, 2)
+
+
+@torch.no_grad()
+def forecast_window(
+    model: ARFM,
+    sampler: FastSampler,
+    image: torch.Tensor,
+    history: np.ndarray,
+    observed: np.ndarray,
+    gen: torch.Generator,
+) -> np.ndarray:
+    """ARFM samples (K, M, H, 2) for one window (history (M, S, 2) model frame)."""
+    fmaps, tokens = model.encode_image(image[None])
+    m = history.shape[0]
+    inputs = ForecastInputs(
+        fmaps,
+        tokens,
+        torch.from_numpy(history)[None],
+        torch.from_numpy(observed)[None],
+        torch.ones(1, m, dtype=torch.bool),
+        model.condition(1, None, None, "cpu"),
+    )
+    return sampler.sample(inputs, generator=gen).numpy()
+
+
+def evaluate(
+    model: ARFM,
+    episodes: Sequence,
+    sampling: SamplingConfig,
+    points: int = 100,
+    stride: int = 10,
+    moving_px: float = 4.0,
+    seed: int = 0,
+    keep_examples: int = 4,
+) -> tuple[dict, list[Example]]:
+    """Metrics of ARFM and the baselines over windows every ``stride`` frames of each episode."""
+    model.eval()
+    cfg, h, s = model.cfg, sampling.horizon, sampling.history
+    sampler = FastSampler(model, h, sampling.num_samples, sampling.euler_steps, sampling.t_end)
+    rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    per: dict[str, list[dict]] = {"arfm": [], "constant_velocity": [], "static": []}
+    kept: list[Example] = []
+    for ep in episodes:
+        for current in range(s - 1, len(ep.rgb) - h, stride):
+            win = make_window(ep, current, s, h, points, cfg, rng, temperature=0.0)
+            if win is None:
+                continue
+            hist, obs = win.pos[:, :s], win.visible[:, :s]
+            gt, vis = win.pos[:, s:], win.visible[:, s:]
+            forecasts = {
+                "arfm": forecast_window(model, sampler, win.image, hist, obs, gen),
+                **baselines(hist, obs, h),
+            }
+            for name, pred in forecasts.items():
+                per[name].append(example_metrics(pred, gt, vis, hist[:, -1], moving_px))
+            if (
+                len(kept) < keep_examples
+                and (np.linalg.norm(gt[:, -1] - hist[:, -1], axis=-1) > moving_px).any()
+            ):
+                full = getattr(ep, "full_rgb", None)
+                kept.append(
+                    Example((full if full is not None else ep.rgb)[current], hist, gt, vis, forecasts)
+                )
+    summary = {name: _mean(rows) for name, rows in per.items()}
+    summary["examples"] = len(per["arfm"])
+    cv = summary["constant_velocity"].get("moving_min_ade", float("nan"))
+    summary["moving_min_ade_ratio_vs_cv"] = (
+        summary["arfm"].get("moving_min_ade", float("nan")) / cv if cv else float("nan")
+    )
+    return summary, kept
+
+
+def _mean(rows: list[dict]) -> dict[str, float]:
+    if not rows:
+        return {}
+    keys = rows[0].keys()
+    return {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
+
+
+def draw_examples(examples: list[Example], coord_size: int, path: str | Path, tile: int = 320) -> None:
+    """PNG grid: history white, truth green (thick), constant velocity red, ARFM samples cyan, magenta,
+    yellow, orange, lavender."""
+    tiles = []
+    for ex in examples:
+        img = cv2.resize(ex.rgb, (tile, tile), interpolation=cv2.INTER_AREA).copy()
+        f = tile / coord_size
+
+        def poly(pts, colour, thick=1, img=img, f=f):
+            cv2.polylines(
+                img, [np.round(pts * f).astype(np.int32).reshape(-1, 1, 2)], False, colour, thick, cv2.LINE_AA
+            )
+
+        for m in range(ex.history.shape[0]):
+            start = ex.history[m, -1:]
+            for k, sample in enumerate(ex.forecasts["arfm"]):
+                poly(np.concatenate([start, sample[m]]), SAMPLE_COLOURS[k % len(SAMPLE_COLOURS)])
+            poly(np.concatenate([start, ex.forecasts["constant_velocity"][0, m]]), (255, 0, 0))
+            poly(np.concatenate([start, ex.gt[m]]), (0, 255, 0), 2)
+            poly(ex.history[m], (255, 255, 255), 2)
+        tiles.append(img)
+    if not tiles:
+        return
+    grid = np.concatenate(tiles, axis=1)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+
+
+def write_report(summary: dict, examples: list[Example], coord_size: int, out_dir: str | Path) -> Path:
+    """``forecast_eval.json`` and ``forecast_eval.png`` in ``out_dir``; returns the JSON path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "forecast_eval.json").write_text(json.dumps(summary, indent=2) + "\n")
+    draw_examples(examples, coord_size, out / "forecast_eval.png")
+    return out / "forecast_eval.json"

@@ -1,0 +1,257 @@
+"""Training ARFM on point tracks: rectified flow on next-step displacements, teacher forcing.
+
+Per example: a window of ``history`` observed steps and ``horizon`` future steps of motion-weighted points
+(softmax of clipped mean squared motion, as the released code), the image of the last observed step. Every
+step s learns the velocity of x_t = t * d_s + (1 - t) * noise, d_s = (x_{s+1} - x_s) / displacement_scale,
+towards d_s - noise, with t from cosmap(U) (official), logit-normal or uniform; the loss is masked where a
+step's start or end point is not visible. AdamW, warmup + cosine, gradient clipping, EMA weights (used for
+inference). Resumable: the EMA model (.safetensors + .json) and a training state (online weights, EMA and
+optimiser moments, step) are written every ``checkpoint_every`` steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from perception_nodes.forecasting.config import by_name
+from perception_nodes.forecasting.network import ARFM
+from perception_nodes.forecasting.processor import collate, make_window
+from perception_nodes.forecasting.weights import save_model
+
+log = logging.getLogger(__name__)
+
+TIME_SAMPLINGS = ("cosmap", "logit_normal", "uniform")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    model: str = field(default="small", metadata={"help": "ARFM config name (small, official)"})
+    steps: int = field(default=3000, metadata={"help": "optimiser steps"})
+    batch_size: int = field(default=4, metadata={"help": "examples per step"})
+    points: int = field(default=32, metadata={"help": "points per example"})
+    history: int = field(default=8, metadata={"help": "observed steps per example"})
+    horizon: int = field(default=15, metadata={"help": "future steps per example"})
+    lr: float = field(default=5e-4, metadata={"help": "peak AdamW learning rate"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    warmup: int = field(default=100, metadata={"help": "linear warmup steps"})
+    grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip"})
+    ema: float = field(default=0.999, metadata={"help": "EMA decay of the inference weights"})
+    time_sampling: str = field(
+        default="cosmap", metadata={"help": "flow time sampling: cosmap, logit_normal, uniform"}
+    )
+    motion_temperature: float = field(
+        default=0.5, metadata={"help": "point sampling softmax temperature (0 = uniform)"}
+    )
+    input_jitter_px: float = field(
+        default=0.3, metadata={"help": "noise added to observed positions (tracker error)"}
+    )
+    flip: bool = field(default=True, metadata={"help": "random left-right mirroring"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
+    threads: int = field(default=1, metadata={"help": "torch CPU threads (1 is fastest on a busy machine)"})
+
+    def __post_init__(self):
+        if self.time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}")
+        if min(self.steps, self.batch_size, self.points, self.history, self.horizon) < 1:
+            raise ValueError("steps, batch_size, points, history and horizon must be >= 1")
+        if not 0 <= self.ema < 1:
+            raise ValueError("ema must be in [0, 1)")
+
+
+def sample_times(n: int, mode: str, gen: torch.Generator) -> torch.Tensor:
+    """Flow times (n,) in (0, 1): cosmap(U) (SD3 eq. 21, as released), logit-normal(0, 1), uniform."""
+    u = torch.rand(n, generator=gen)
+    if mode == "cosmap":
+        return 1.0 - 1.0 / (torch.tan(math.pi / 2 * u) + 1.0)
+    if mode == "logit_normal":
+        return torch.sigmoid(torch.randn(n, generator=gen))
+    return u
+
+
+def flow_loss(
+    model: ARFM, batch: dict[str, torch.Tensor], history: int, cfg: TrainConfig, gen: torch.Generator
+) -> torch.Tensor:
+    """Masked rectified-flow loss of one batch (see module docstring)."""
+    pos, vis, valid = batch["pos"], batch["visible"], batch["point_valid"]
+    b, length = pos.shape[0], pos.shape[2]
+    inputs = pos[:, :, :-1].clone()
+    if cfg.input_jitter_px > 0:
+        inputs[:, :, :history] += (
+            torch.randn(inputs[:, :, :history].shape, generator=gen) * cfg.input_jitter_px
+        )
+    target = (pos[:, :, 1:] - pos[:, :, :-1]) / model.cfg.displacement_scale
+    steps = torch.arange(length - 1)
+    observed = vis[:, :, :-1] & (steps < history)
+    mask = vis[:, :, 1:] & vis[:, :, :-1] & valid[:, :, None]
+    noise = torch.randn(target.shape, generator=gen)
+    t = sample_times(b, cfg.time_sampling, gen)
+    noised = t[:, None, None, None] * target + (1 - t[:, None, None, None]) * noise
+    fmaps, tokens = model.encode_image(batch["image"])
+    cond = model.condition(b, None, None, pos.device)
+    vel = model(fmaps, tokens, inputs, observed, valid, history, noised, t, cond)
+    err = ((vel - (target - noise)) ** 2).mean(-1)
+    return err[mask].mean() if mask.any() else err.sum() * 0.0
+
+
+class WindowSampler:
+    """Random training windows from episodes (objects with rgb, tracks_2d, visible)."""
+
+    def __init__(self, episodes: Sequence, cfg: TrainConfig, model_cfg, rng: np.random.Generator):
+        self.cfg, self.model_cfg, self.rng = cfg, model_cfg, rng
+        length = cfg.history + cfg.horizon
+        self.episodes = [e for e in episodes if len(e.rgb) >= length]
+        if not self.episodes:
+            raise ValueError(f"no episode has the {length} frames a window needs")
+
+    def batch(self) -> dict[str, torch.Tensor]:
+        cfg, windows = self.cfg, []
+        for _ in range(50 * cfg.batch_size):
+            if len(windows) == cfg.batch_size:
+                break
+            ep = self.episodes[self.rng.integers(len(self.episodes))]
+            current = int(self.rng.integers(cfg.history - 1, len(ep.rgb) - cfg.horizon))
+            win = make_window(
+                ep,
+                current,
+                cfg.history,
+                cfg.horizon,
+                cfg.points,
+                self.model_cfg,
+                self.rng,
+                cfg.motion_temperature,
+            )
+            if win is not None:
+                windows.append(win)
+        if len(windows) < cfg.batch_size:
+            raise ValueError("episodes hold too few visible tracks to fill a batch")
+        flip = self.rng.random(len(windows)) < 0.5 if cfg.flip else None
+        return collate(windows, cfg.points, flip, self.model_cfg.coord_size)
+
+
+def _lr(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def state_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".train.safetensors")
+
+
+def save_state(
+    out: Path,
+    model: ARFM,
+    ema: ARFM,
+    opt: torch.optim.Optimizer,
+    step: int,
+    cfg: TrainConfig,
+    losses: list[float],
+) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    names = dict(model.named_parameters())
+    index = {id(p): n for n, p in names.items()}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for key, value in opt.state.get(p, {}).items():
+                tensors[f"opt.{index[id(p)]}.{key}"] = (
+                    value if torch.is_tensor(value) else torch.tensor(value)
+                )
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    path = state_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(
+        tensors, str(tmp), metadata={"step": str(step), "train_config": json.dumps(dataclasses.asdict(cfg))}
+    )
+    tmp.replace(path)
+    path.with_suffix(".json").write_text(
+        json.dumps(
+            {"step": step, "train_config": dataclasses.asdict(cfg), "recent_losses": losses[-200:]}, indent=1
+        )
+        + "\n"
+    )
+    save_model(ema, out, {"train_step": step, "train_config": dataclasses.asdict(cfg)})
+
+
+def load_state(out: Path, model: ARFM, ema: ARFM, opt: torch.optim.Optimizer) -> int:
+    """Restore from ``state_path(out)``; returns the step to continue from."""
+    tensors = load_file(str(state_path(out)))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    for name, p in model.named_parameters():
+        state = {k.rsplit(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"opt.{name}.")}
+        if state:
+            opt.state[p] = state
+    return int(json.loads(state_path(out).with_suffix(".json").read_text())["step"])
+
+
+def train(
+    episodes: Sequence, cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True
+) -> dict:
+    """Train on ``episodes``; writes ``out`` (.safetensors EMA weights + .json) and its training state.
+    Returns a summary (steps, first/last mean loss, seconds)."""
+    from tqdm import tqdm
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out = Path(out)
+    model_cfg = by_name(cfg.model)
+    model, ema = ARFM(model_cfg), ARFM(model_cfg)
+    ema.load_state_dict(model.state_dict())
+    ema.requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = load_state(out, model, ema, opt) if resume and state_path(out).exists() else 0
+    if start:
+        log.info("resuming %s from step %d", out, start)
+    rng = np.random.default_rng(cfg.seed + start)
+    gen = torch.Generator().manual_seed(cfg.seed + start)
+    windows = WindowSampler(episodes, cfg, model_cfg, rng)
+    losses: list[float] = []
+    began = time.perf_counter()
+    bar = tqdm(
+        range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="train arfm"
+    )
+    model.train()
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, cfg)
+        loss = flow_loss(model, windows.batch(), cfg.history, cfg, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        _ema_update(ema, model, min(cfg.ema, (1 + step) / (10 + step)))
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            save_state(out, model, ema, opt, step + 1, cfg, losses)
+    if start >= cfg.steps:
+        log.info("%s already trained for %d steps", out, start)
+    window = max(1, min(50, len(losses) // 4))
+    return {
+        "steps": cfg.steps,
+        "start": start,
+        "seconds": time.perf_counter() - began,
+        "loss_first": float(np.mean(losses[:window])) if losses else float("nan"),
+        "loss_last": float(np.mean(losses[-window:])) if losses else float("nan"),
+    }
+
+
+@torch.no_grad()
+def _ema_update(ema: ARFM, model: ARFM, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.mul_(decay).add_(p.detach(), alpha=1 - decay)
