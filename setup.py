@@ -53,6 +53,9 @@ setup(
             "perception-nodes = perception_nodes.cli:main",
             "identity_node = perception_nodes.nodes.identity:main",
             "sim_camera_node = perception_nodes.sim.live:main",
+            "segmentation_node = perception_nodes.nodes.segmentation_node:main",
+            "tracking_node = perception_nodes.nodes.tracking_node:main",
+            "forecast_node = perception_nodes.nodes.forecast_node:main",
         ],
     },
 )

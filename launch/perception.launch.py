@@ -23,6 +23,9 @@ ARGUMENTS = [
         "run the identity node (decode, check, republish): a transport and latency baseline",
     ),
     ("identity_output_topic", "/perception/identity/image", "where the identity node republishes images"),
+    ("segmentation", "true", "run the EISEN segmentation node (publishes /perception/segments)"),
+    ("tracking", "true", "run the point tracker (publishes /perception/tracks, seeded on segments)"),
+    ("forecast", "true", "run the ARFM forecaster on the tracks (publishes /perception/forecast)"),
     ("use_sim_time", "false", "use /clock (true when replaying a bag with ros2 bag play --clock)"),
     ("log_level", "info", "node log level: debug, info, warn, error"),
 ]
@@ -50,4 +53,30 @@ def generate_launch_description() -> LaunchDescription:
         ],
         arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
     )
-    return LaunchDescription([*declared, identity])
+    camera = {
+        "image_topic": LaunchConfiguration("image_topic"),
+        "use_sim_time": use_sim_time,
+    }
+    capabilities = [
+        Node(
+            package="perception_nodes",
+            executable=f"{name}_node",
+            name=name,
+            output="screen",
+            condition=IfCondition(LaunchConfiguration(name)),
+            parameters=[{**camera, **extra}],
+            arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
+        )
+        for name, extra in (
+            (
+                "segmentation",
+                {
+                    "camera_info_topic": LaunchConfiguration("camera_info_topic"),
+                    "depth_topic": LaunchConfiguration("depth_topic"),
+                },
+            ),
+            ("tracking", {}),
+            ("forecast", {}),
+        )
+    ]
+    return LaunchDescription([*declared, identity, *capabilities])
