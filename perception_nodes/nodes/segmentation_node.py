@@ -1,0 +1,175 @@
+"""EISEN segmentation node: camera image (+ aligned depth, camera_info) -> ObjectSegments (+ overlay image).
+
+Segments are published at the input resolution as a mono16 label image with per-segment records; ids are
+stable across frames (see ``segmentation.component``). Images in an unsupported encoding are rejected with
+one log line; images of another size than the network input are resized (logged once).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import numpy as np
+
+from perception_nodes.nodes.base import NodeBase
+from perception_nodes.runtime.bus import QoS, stamp_ns
+from perception_nodes.runtime.convert import camera_from_info, depth_to_metres, numpy_to_image, to_rgb
+from perception_nodes.segmentation.component import EisenComponent, SegmentationResult
+from perception_nodes.segmentation.config import EisenComponentConfig
+from perception_nodes.types import ConversionError, Frame
+
+SEGMENTS_TYPE = "perception_msgs/msg/ObjectSegments"
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentationNodeConfig:
+    image_topic: str = dataclasses.field(
+        default="/camera/color/image_raw", metadata={"help": "input colour image"}
+    )
+    camera_info_topic: str = dataclasses.field(
+        default="/camera/color/camera_info",
+        metadata={"help": "intrinsics of the image ('' = none: no 3D centroids)"},
+    )
+    depth_topic: str = dataclasses.field(
+        default="/camera/aligned_depth_to_color/image_raw",
+        metadata={"help": "depth aligned to the colour image, same stamp ('' = none)"},
+    )
+    segments_topic: str = dataclasses.field(
+        default="/perception/segments", metadata={"help": "perception_msgs/ObjectSegments output"}
+    )
+    overlay_topic: str = dataclasses.field(
+        default="/perception/segments/overlay", metadata={"help": "rgb8 overlay of the segments ('' = off)"}
+    )
+    component: EisenComponentConfig = dataclasses.field(
+        default_factory=EisenComponentConfig, metadata={"help": "EISEN component settings"}
+    )
+
+    def __post_init__(self):
+        for name in ("image_topic", "segments_topic"):
+            if not getattr(self, name).startswith("/"):
+                raise ValueError(f"{name} must be an absolute topic name, got {getattr(self, name)!r}")
+
+
+class SegmentationNode(NodeBase):
+    Config = SegmentationNodeConfig
+    name = "segmentation"
+
+    def setup(self) -> None:
+        cfg = self.config
+        overlay = bool(cfg.overlay_topic) and cfg.component.overlay
+        self.component = EisenComponent(dataclasses.replace(cfg.component, overlay=overlay))
+        self.pub = self.bus.publisher(cfg.segments_topic, SEGMENTS_TYPE, QoS.RESULT)
+        self.overlay_pub = (
+            self.bus.publisher(cfg.overlay_topic, "sensor_msgs/msg/Image", QoS.SENSOR) if overlay else None
+        )
+        if cfg.camera_info_topic:
+            self.cache(cfg.camera_info_topic, "sensor_msgs/msg/CameraInfo")
+        self._logged: set[str] = set()
+        self._depth_msg = None  # latest depth message
+        self._waiting = None  # image held until the depth of the same stamp arrives
+        self._lock = threading.Lock()  # depth arrives on the subscription thread, images on the worker
+        self.trigger(cfg.image_topic, "sensor_msgs/msg/Image", self.on_image)
+        if cfg.depth_topic:
+            self.bus.subscribe(
+                cfg.depth_topic, "sensor_msgs/msg/Image", self.on_depth, QoS.SENSOR, optional=True
+            )
+
+    def on_depth(self, msg) -> None:
+        """Keep the latest depth; release an image that waits for this very stamp."""
+        with self._lock:
+            self._depth_msg = msg
+            waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            self._offer(self.config.image_topic, waiting)
+
+    def on_image(self, msg) -> None:
+        with self._lock:
+            depth, held = self._depth_msg, self._waiting
+            if depth is not None and stamp_ns(depth) < stamp_ns(msg) and held is None:
+                self._waiting = (
+                    msg  # aligned depth usually follows its image: wait for it (one frame at most)
+                )
+                return
+            if held is not None and held is not msg:
+                self._waiting = None
+            else:
+                held = None
+        if held is not None:
+            self._segment(held)  # its depth never came
+        self._segment(msg)
+
+    def _segment(self, msg) -> None:
+        try:
+            rgb = to_rgb(msg)
+        except ConversionError as exc:
+            self.log.warning("segmentation: rejected image @ %d: %s", stamp_ns(msg), exc)
+            return
+        shape = rgb.shape[:2]
+        frame = Frame(stamp_ns(msg), rgb, self._depth(msg, shape), self._camera(shape), msg.header.frame_id)
+        result = self.component.step(frame)
+        header = self.bus.header(frame.stamp_ns, frame.frame_id)
+        self.pub.publish(self._segments_msg(result, header))
+        if self.overlay_pub is not None and result.overlay is not None:
+            self.overlay_pub.publish(numpy_to_image(self.bus.make, result.overlay, "rgb8", header))
+
+    def _camera(self, shape):
+        info = self.latest(self.config.camera_info_topic) if self.config.camera_info_topic else None
+        if info is None:
+            return None
+        camera = camera_from_info(info)
+        if (camera.height, camera.width) != tuple(shape):
+            self._once(
+                "camera",
+                "camera_info is %dx%d but images are %dx%d: no 3D centroids",
+                camera.width,
+                camera.height,
+                shape[1],
+                shape[0],
+            )
+            return None
+        return camera
+
+    def _depth(self, msg, shape):
+        depth_msg = self._depth_msg
+        if depth_msg is None or stamp_ns(depth_msg) != stamp_ns(msg):
+            return None
+        try:
+            depth = depth_to_metres(depth_msg)
+        except ConversionError as exc:
+            self._once("depth-enc", "ignoring depth: %s", exc)
+            return None
+        if depth.shape != tuple(shape):
+            self._once("depth-size", "ignoring depth of size %s (image %s): not aligned", depth.shape, shape)
+            return None
+        return depth
+
+    def _once(self, key: str, fmt: str, *args) -> None:
+        if key not in self._logged:
+            self._logged.add(key)
+            self.log.warning("segmentation: " + fmt, *args)
+
+    def _segments_msg(self, r: SegmentationResult, header):
+        s = r.stats
+        labels = numpy_to_image(self.bus.make, r.labels, "mono16", header)
+        empty = np.zeros(0, np.float32)
+        return self.bus.make(
+            SEGMENTS_TYPE,
+            header=header,
+            labels=labels,
+            ids=s.ids.astype(np.uint16),
+            bboxes=s.bboxes.reshape(-1).astype(np.int32),
+            areas=s.areas.astype(np.uint32),
+            centroids_px=s.centroids_px.reshape(-1).astype(np.float32),
+            scores=s.scores.astype(np.float32),
+            mean_depth=empty if s.mean_depth is None else s.mean_depth.astype(np.float32),
+            centroids_3d=empty if s.centroids_3d is None else s.centroids_3d.reshape(-1).astype(np.float32),
+            model_id=r.model_id,
+        )
+
+
+def main(args=None) -> None:
+    """``ros2 run perception_nodes segmentation_node``."""
+    from perception_nodes.runtime.rclpy_bus import spin
+
+    spin(SegmentationNode, args)

@@ -1,0 +1,1 @@
+"""EISEN Spelke-object segmentation: network, affinity sampling, KProp, competition, training, evaluation."""

@@ -1,0 +1,121 @@
+"""``perception-nodes train segmentation`` and ``perception-nodes eval segmentation`` (wired by cli.py).
+
+Evaluation reads sim bags (ground-truth instance masks come with them) or generates held-out sim
+episodes, runs the streaming component frame by frame, and writes ``metrics.json`` + ``overlays.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from perception_nodes.segmentation import train as train_mod
+
+log = logging.getLogger(__name__)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    train_mod.add_arguments(parser)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    summary = train_mod.train(train_mod.config_from_args(args))
+    print(
+        f"trained {summary['steps']} steps on {summary['pairs']} frame pairs in {summary['train_s']:.0f} s; "
+        f"loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f}; weights in {args.out}"
+    )
+    return 0
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bags", nargs="*", help="sim bags (folders/.mcap) with ground-truth instances")
+    parser.add_argument("--out", required=True, help="folder for metrics.json and overlays.png")
+    parser.add_argument("--weights", default="", help="EISEN .safetensors ('' = shipped small model)")
+    parser.add_argument("--preset", default="small", choices=["small", "official"])
+    parser.add_argument("--path", default="fast", choices=["fast", "reference"], help="inference path")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    parser.add_argument("--kprop-dtype", default="", help="KProp matmul dtype override (float32, bfloat16)")
+    parser.add_argument("--early-exit-tol", type=float, default=0.0, help="KProp early exit (0 = off)")
+    parser.add_argument(
+        "--sim-episodes", type=int, default=0, help="generate this many held-out episodes instead"
+    )
+    parser.add_argument("--sim-seed", type=int, default=900000, help="seed of the first generated episode")
+    parser.add_argument("--sim-frames", type=int, default=12)
+    parser.add_argument("--stride", type=int, default=1, help="evaluate every n-th frame")
+    parser.add_argument(
+        "--exclude-pusher", action="store_true", help="leave the pusher out of the GT objects"
+    )
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from perception_nodes.segmentation.component import EisenComponent
+    from perception_nodes.segmentation.config import EisenComponentConfig
+    from perception_nodes.segmentation.eval import evaluate_frames, write_report
+    from perception_nodes.types import Frame
+
+    if not args.bags and not args.sim_episodes:
+        raise ValueError("give sim bags or --sim-episodes N")
+    comp = EisenComponent(
+        EisenComponentConfig(
+            weights=args.weights,
+            preset=args.preset,
+            path=args.path,
+            device=args.device,
+            threads=args.threads,
+            overlay=False,
+            kprop_dtype=args.kprop_dtype,
+            early_exit_tol=args.early_exit_tol,
+        )
+    )
+
+    def segment(rgb, stamp=[0]):  # noqa: B006 - a frame counter as the stamp
+        stamp[0] += 1
+        return comp.step(Frame(stamp_ns=stamp[0], rgb=rgb)).labels
+
+    items = list(evaluate_frames(_frames(args), segment))
+    summary = write_report(items, args.out, {"model_id": comp.model_id, "path": args.path})
+    print(f"mIoU {summary['miou']:.4f} over {summary['images']} images -> {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+def _frames(args):
+    """(name, rgb, gt) for every evaluated frame of every episode."""
+    import numpy as np
+
+    for e, ep in enumerate(_episodes(args)):
+        for t in range(0, len(ep.rgb), args.stride):
+            gt = ep.instance[t].astype(np.int32)
+            if args.exclude_pusher and getattr(ep, "pusher_id", 0):
+                gt = np.where(gt == ep.pusher_id, 0, gt)
+            yield f"ep{e}_t{t}", ep.rgb[t], gt
+
+
+def _episodes(args):
+    if args.bags:
+        from perception_nodes.sim import read_episodes
+
+        yield from read_episodes(args.bags)
+        return
+    from perception_nodes.sim import generate_episode
+    from perception_nodes.sim.config import SimConfig
+
+    cfg = SimConfig(width=256, height=256, frames=args.sim_frames, num_tracks=0)
+    for k in range(args.sim_episodes):
+        yield generate_episode(cfg, args.sim_seed + k)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m perception_nodes.segmentation.cli_impl {train,eval} ...`` (same as the CLI subcommands)."""
+    parser = argparse.ArgumentParser(prog="eisen")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    add_train_arguments(sub.add_parser("train"))
+    add_eval_arguments(sub.add_parser("eval"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return run_train(args) if args.cmd == "train" else run_eval(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

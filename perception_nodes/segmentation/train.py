@@ -1,0 +1,495 @@
+"""Self-supervised EISEN training from motion (official recipe + bootstrapping / explaining away).
+
+Data: consecutive frame pairs (t, t+1) from sim episodes (generated on the fly, static camera) or sim bags.
+Motion target: optical flow t -> t+1 computed from the images with OpenCV DIS (``--flow gt`` uses the sim's
+ground-truth flow, as an ablation); pixels with |flow| > threshold are "moving". Loss: the official KL
+between each moving node's softmax over its sampled neighbours and the uniform distribution over the
+samples with the same target id, at 3 scales of the affinity map.
+
+Bootstrapping (explaining away): at the steps given by ``--bootstrap-at`` the current model segments every
+training frame; a predicted segment that lies mostly inside the motion mask (the pusher, an object already
+known) gets its own target id, so the remaining co-moving pixels form a separate group and the model learns
+to split objects that move together.
+
+Checkpoints: ``OUT/eisen.safetensors`` + ``OUT/eisen.json`` (config), and ``OUT/train_state.safetensors`` +
+``OUT/train_state.json`` (optimiser moments, step, targets round) to resume with ``--resume``.
+
+GPU (sized to take about 4 minutes on one H100 with data generation; not yet measured)::
+
+    MUJOCO_GL=egl python -m perception_nodes.segmentation.train --device cuda --out DIR --no-cache \
+        --sim-episodes 120 --workers 12 --steps 3000 --batch 32 --lr 1e-3
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from perception_nodes.segmentation import affinity as aff
+from perception_nodes.segmentation.config import EisenConfig
+from perception_nodes.segmentation.network import EisenNet, check_state_dict, save_weights
+from perception_nodes.segmentation.processor import connected_segments
+from perception_nodes.segmentation.segmenter import EisenSegmenter, make_noise
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    out: str = dataclasses.field(
+        metadata={"help": "output folder (weights, config, train state, data cache)"}
+    )
+    preset: str = dataclasses.field(default="small", metadata={"help": "model preset: small or official"})
+    steps: int = dataclasses.field(default=3000, metadata={"help": "optimiser steps"})
+    batch: int = dataclasses.field(default=8, metadata={"help": "images per step"})
+    lr: float = dataclasses.field(default=5e-4, metadata={"help": "Adam learning rate (official 5e-4)"})
+    warmup: int = dataclasses.field(
+        default=100, metadata={"help": "linear warm-up steps, then poly(0.9) decay"}
+    )
+    clip: float = dataclasses.field(default=1.0, metadata={"help": "gradient norm clip"})
+    flow: str = dataclasses.field(
+        default="dis", metadata={"help": "motion source: dis (images) or gt (ablation)"}
+    )
+    flow_threshold: float = dataclasses.field(
+        default=0.5, metadata={"help": "|flow| px above which a pixel moves"}
+    )
+    max_moving_fraction: float = dataclasses.field(
+        default=0.3, metadata={"help": "skip pairs with more moving pixels than this (camera motion)"}
+    )
+    min_moving_pixels: int = dataclasses.field(
+        default=64, metadata={"help": "skip pairs with fewer moving pixels"}
+    )
+    bootstrap_at: tuple[float, ...] = dataclasses.field(
+        default=(0.5,), metadata={"help": "fractions of the run at which targets are re-derived (empty: off)"}
+    )
+    bootstrap_purity: float = dataclasses.field(
+        default=0.8, metadata={"help": "a segment explains motion when this fraction of it moves"}
+    )
+    sim_episodes: int = dataclasses.field(default=80, metadata={"help": "sim episodes to generate (no bags)"})
+    sim_frames: int = dataclasses.field(default=24, metadata={"help": "frames per generated episode"})
+    sim_seed: int = dataclasses.field(default=1000, metadata={"help": "seed of the first generated episode"})
+    bags: tuple[str, ...] = dataclasses.field(default=(), metadata={"help": "sim bags to train on instead"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "training seed"})
+    device: str = dataclasses.field(default="cpu", metadata={"help": "cpu or cuda"})
+    threads: int = dataclasses.field(default=2, metadata={"help": "CPU threads"})
+    workers: int = dataclasses.field(default=1, metadata={"help": "processes generating sim episodes"})
+    no_cache: bool = dataclasses.field(
+        default=False, metadata={"help": "do not write OUT/pairs.npz (data cache)"}
+    )
+    ckpt_every: int = dataclasses.field(default=250, metadata={"help": "checkpoint period in steps"})
+    resume: bool = dataclasses.field(default=False, metadata={"help": "continue from OUT's train state"})
+    overrides: str = dataclasses.field(default="{}", metadata={"help": "JSON EisenConfig field overrides"})
+
+    def __post_init__(self):
+        if self.flow not in ("dis", "gt"):
+            raise ValueError(f"flow must be 'dis' or 'gt', got {self.flow!r}")
+        if self.steps < 1 or self.batch < 1 or self.lr <= 0:
+            raise ValueError("steps, batch must be >= 1 and lr > 0")
+        if any(not 0 < f < 1 for f in self.bootstrap_at):
+            raise ValueError(f"bootstrap_at fractions must be in (0, 1), got {self.bootstrap_at}")
+
+
+# -- data ----------------------------------------------------------------------------------------------------
+
+
+def motion_mask(rgb0: np.ndarray, rgb1: np.ndarray, threshold: float, dis=None) -> np.ndarray:
+    """(H, W) bool: |DIS optical flow rgb0 -> rgb1| > threshold pixels."""
+    dis = dis or cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    g0, g1 = (cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) for x in (rgb0, rgb1))
+    flow = dis.calc(g0, g1, None)
+    return np.linalg.norm(flow, axis=-1) > threshold
+
+
+def to_map(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Input-resolution bool mask -> affinity-map resolution (area fraction >= 0.5)."""
+    h, w = size
+    return cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) >= 0.5
+
+
+@dataclasses.dataclass
+class PairData:
+    """Training frames at the input size and their motion targets at the map size."""
+
+    images: np.ndarray  # (P, H, W, 3) uint8
+    motion: np.ndarray  # (P, h, w) bool
+    instance: np.ndarray  # (P, H, W) uint16 ground truth (diagnostics only, never used by the loss)
+
+
+def pairs_from_episodes(episodes, cfg: EisenConfig, tcfg: TrainConfig) -> PairData:
+    H, W = cfg.input_size
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    images, motion, inst = [], [], []
+    for ep in episodes:
+        rgb = np.stack([cv2.resize(f, (W, H), interpolation=cv2.INTER_AREA) for f in ep.rgb])
+        for t in range(len(rgb) - 1):
+            if tcfg.flow == "gt":
+                flow = np.nan_to_num(ep.flow[t])
+                moving = np.linalg.norm(flow, axis=-1) * (W / ep.rgb.shape[2]) > tcfg.flow_threshold
+                moving = cv2.resize(moving.astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST) > 0
+            else:
+                moving = motion_mask(rgb[t], rgb[t + 1], tcfg.flow_threshold, dis)
+            frac = moving.mean()
+            if moving.sum() < tcfg.min_moving_pixels or frac > tcfg.max_moving_fraction:
+                continue
+            images.append(rgb[t])
+            motion.append(to_map(moving, cfg.map_size))
+            inst.append(cv2.resize(ep.instance[t], (W, H), interpolation=cv2.INTER_NEAREST))
+    if not images:
+        raise ValueError("no training pairs with motion found")
+    return PairData(np.stack(images), np.stack(motion), np.stack(inst))
+
+
+def sim_episodes(tcfg: TrainConfig, cfg: EisenConfig, seeds=None):
+    from perception_nodes.sim import generate_episode
+    from perception_nodes.sim.config import SimConfig
+
+    H, W = cfg.input_size
+    scfg = SimConfig(width=W, height=H, frames=tcfg.sim_frames, camera_motion_prob=0.0, num_tracks=0)
+    for seed in seeds if seeds is not None else range(tcfg.sim_seed, tcfg.sim_seed + tcfg.sim_episodes):
+        yield generate_episode(scfg, seed)
+
+
+def _episode_pairs(args) -> PairData | None:
+    """Worker: one generated episode -> its training pairs (None when it has no usable motion)."""
+    tcfg, cfg, seed = args
+    try:
+        return pairs_from_episodes(sim_episodes(tcfg, cfg, [seed]), cfg, tcfg)
+    except ValueError:
+        return None
+
+
+def _parallel_sim_pairs(tcfg: TrainConfig, cfg: EisenConfig) -> PairData:
+    """Generate episodes and their pairs in ``tcfg.workers`` processes (spawned: fresh GL contexts)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm import tqdm
+
+    jobs = [(tcfg, cfg, tcfg.sim_seed + k) for k in range(tcfg.sim_episodes)]
+    with ProcessPoolExecutor(tcfg.workers, mp_context=mp.get_context("spawn")) as pool:
+        parts = [p for p in tqdm(pool.map(_episode_pairs, jobs), total=len(jobs), desc="episodes") if p]
+    if not parts:
+        raise ValueError("no training pairs with motion found")
+    return PairData(
+        *(np.concatenate([getattr(p, f) for p in parts]) for f in ("images", "motion", "instance"))
+    )
+
+
+def load_pairs(tcfg: TrainConfig, cfg: EisenConfig) -> PairData:
+    """Build (or reuse from OUT/pairs.npz) the training pairs."""
+    cache = Path(tcfg.out) / "pairs.npz"
+    key = json.dumps(
+        [
+            tcfg.flow,
+            tcfg.flow_threshold,
+            tcfg.sim_episodes,
+            tcfg.sim_frames,
+            tcfg.sim_seed,
+            list(tcfg.bags),
+            list(cfg.input_size),
+        ]
+    )
+    if cache.exists():
+        data = np.load(cache)
+        if str(data["key"]) == key:
+            log.info("reusing %d training pairs from %s", len(data["images"]), cache)
+            return PairData(data["images"], data["motion"], data["instance"])
+    from tqdm import tqdm
+
+    if tcfg.bags:
+        from perception_nodes.sim import read_episodes
+
+        pairs = pairs_from_episodes(tqdm(read_episodes(list(tcfg.bags)), desc="bags", unit="ep"), cfg, tcfg)
+    elif tcfg.workers > 1:
+        pairs = _parallel_sim_pairs(tcfg, cfg)
+    else:
+        episodes = tqdm(sim_episodes(tcfg, cfg), total=tcfg.sim_episodes, desc="episodes", unit="ep")
+        pairs = pairs_from_episodes(episodes, cfg, tcfg)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    if not tcfg.no_cache:
+        np.savez(cache, images=pairs.images, motion=pairs.motion, instance=pairs.instance, key=key)
+    return pairs
+
+
+# -- targets and bootstrapping -------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def bootstrap_targets(
+    net: EisenNet, cfg: EisenConfig, pairs: PairData, purity: float, device: str, batch: int = 8
+) -> np.ndarray:
+    """(P, h, w) uint8 target ids: 1 = moving; a *confident* predicted segment that lies mostly inside the
+    motion mask (and leaves some of it) is explained away with its own id 2, 3, ...
+
+    Confident = stable: found again (IoU >= 0.7) by a second inference with other random draws (agent
+    seeds, KProp start); fragments of a poorly learned object change between draws, a well-known object
+    (the pusher) does not."""
+    net.eval()
+    fast_cfg = dataclasses.replace(cfg, kprop_tol=max(cfg.kprop_tol, 4e-3))
+    seg = EisenSegmenter(fast_cfg, net, early_exit=True).to(device).eval()
+    targets = pairs.motion.astype(np.uint8).copy()
+    with torch.no_grad():
+        for start in range(0, len(pairs.images), batch):
+            imgs = (
+                torch.from_numpy(pairs.images[start : start + batch]).permute(0, 3, 1, 2).float().to(device)
+            )
+            runs = []
+            for draw in range(2):
+                noise = make_noise(cfg, len(imgs), seed=start * 2 + draw + 7919 * draw)
+                labels, _ = seg(imgs, *(v.to(device) for v in noise.values()))
+                runs.append(
+                    [
+                        connected_segments(x, cfg.min_segment_area, cfg.max_segments)
+                        for x in labels.cpu().numpy()
+                    ]
+                )
+            for i, (first, second) in enumerate(zip(*runs, strict=True)):
+                targets[start + i] = explain_away(first, pairs.motion[start + i], purity, second)
+    net.train()
+    return targets
+
+
+def explain_away(
+    segments: np.ndarray,
+    moving: np.ndarray,
+    purity: float,
+    check: np.ndarray | None = None,
+    min_iou: float = 0.7,
+) -> np.ndarray:
+    """Give each segment that lies mostly inside ``moving`` its own id; the rest of ``moving`` stays 1.
+
+    With ``check`` (a second segmentation), only segments it reproduces (IoU >= ``min_iou``) count."""
+    out = moving.astype(np.uint8)
+    total = moving.sum()
+    next_id = 2
+    for k in np.unique(segments):
+        if k == 0:
+            continue
+        m = segments == k
+        inside = (m & moving).sum()
+        if inside < purity * m.sum() or inside >= 0.9 * total or next_id >= 255:
+            continue
+        if check is not None:
+            cand, counts = np.unique(check[m], return_counts=True)
+            best = cand[np.argmax(counts)]
+            if (m & (check == best)).sum() / (m | (check == best)).sum() < min_iou:
+                continue
+        out[m & moving] = next_id
+        next_id += 1
+    return out
+
+
+# -- model step ----------------------------------------------------------------------------------------------
+
+
+def affinity_loss(
+    net: EisenNet, cfg: EisenConfig, images: torch.Tensor, targets: torch.Tensor, gen: torch.Generator
+) -> torch.Tensor:
+    """Sum over ``cfg.supervision_levels`` scales of the KL affinity loss. targets (B, h, w) long."""
+    key, query = net(images)
+    total = key.new_zeros(())
+    m = aff.num_global_tiles(cfg.num_global, cfg.tile)
+    for level in range(cfg.supervision_levels):
+        s = 2**level
+        k, q, t = key[:, :, ::s, ::s], query[:, :, ::s, ::s], targets[:, ::s, ::s]
+        h, w = t.shape[-2:]
+        layout = aff.make_layout(
+            h, w, cfg.tile, cfg.local_window, aff.random_global_offsets(h, w, cfg.tile, m, gen)
+        )
+        layout = layout.to(key.device)
+        total = total + aff.affinity_kl_loss(k, q, t, layout)
+    return total
+
+
+def lr_at(step: int, tcfg: TrainConfig) -> float:
+    if step < tcfg.warmup:
+        return tcfg.lr * (step + 1) / tcfg.warmup
+    return tcfg.lr * (1 - (step - tcfg.warmup) / max(1, tcfg.steps - tcfg.warmup)) ** 0.9
+
+
+def sample_batch(pairs: PairData, targets: np.ndarray, batch: int, rng: np.random.Generator, device: str):
+    idx = rng.integers(0, len(pairs.images), size=batch)
+    imgs, tg = pairs.images[idx].copy(), targets[idx].copy()
+    flip = rng.random(batch) < 0.5
+    imgs[flip], tg[flip] = imgs[flip, :, ::-1], tg[flip, :, ::-1]
+    images = torch.from_numpy(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2).float().to(device)
+    return images, torch.from_numpy(np.ascontiguousarray(tg)).long().to(device)
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------------
+
+
+def save_state(
+    out: Path,
+    net: EisenNet,
+    cfg: EisenConfig,
+    opt: torch.optim.Optimizer,
+    step: int,
+    round_: int,
+    targets: np.ndarray,
+) -> None:
+    from safetensors.torch import save_file
+
+    save_weights(net, out / "eisen.safetensors", cfg)
+    tensors = {"targets": torch.from_numpy(targets)}
+    names = {id(p): n for n, p in net.named_parameters()}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            st = opt.state.get(p)
+            if st:
+                for k in ("exp_avg", "exp_avg_sq"):
+                    tensors[f"{names[id(p)]}::{k}"] = st[k].detach().cpu().contiguous()
+                tensors[f"{names[id(p)]}::step"] = torch.as_tensor(st["step"]).reshape(1).float()
+    save_file(tensors, str(out / "train_state.safetensors.tmp"))
+    (out / "train_state.safetensors.tmp").replace(out / "train_state.safetensors")
+    (out / "train_state.json").write_text(json.dumps({"step": step, "round": round_}))
+
+
+def load_state(out: Path, net: EisenNet, opt: torch.optim.Optimizer) -> tuple[int, int, np.ndarray]:
+    from safetensors.torch import load_file
+
+    weights = load_file(str(out / "eisen.safetensors"))
+    check_state_dict(net, weights)
+    net.load_state_dict(weights)
+    tensors = load_file(str(out / "train_state.safetensors"))
+    meta = json.loads((out / "train_state.json").read_text())
+    for name, p in net.named_parameters():
+        if f"{name}::exp_avg" in tensors:
+            opt.state[p] = {
+                "step": tensors[f"{name}::step"].reshape(()).to(p.device),
+                "exp_avg": tensors[f"{name}::exp_avg"].to(p.device),
+                "exp_avg_sq": tensors[f"{name}::exp_avg_sq"].to(p.device),
+            }
+    return int(meta["step"]), int(meta["round"]), tensors["targets"].numpy()
+
+
+# -- training loop -------------------------------------------------------------------------------------------
+
+
+def train(tcfg: TrainConfig, progress: bool = True, pairs: PairData | None = None) -> dict:
+    """Run training; returns a summary dict (losses, timings). Writes weights to ``tcfg.out``.
+
+    ``pairs`` replaces the sim/bag data (tests, custom data).
+    """
+    from tqdm import tqdm
+
+    torch.manual_seed(tcfg.seed)
+    if tcfg.device == "cpu":
+        torch.set_num_threads(tcfg.threads)
+    else:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    cfg = EisenConfig.preset(tcfg.preset, **json.loads(tcfg.overrides))
+    out = Path(tcfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    pairs = pairs if pairs is not None else load_pairs(tcfg, cfg)
+    data_s = time.perf_counter() - t0
+    net = EisenNet(cfg).to(tcfg.device).train()
+    opt = torch.optim.Adam(net.parameters(), lr=tcfg.lr)
+    step, round_, targets = 0, 0, pairs.motion.astype(np.uint8)
+    if tcfg.resume and (out / "train_state.json").exists():
+        step, round_, targets = load_state(out, net, opt)
+        log.info("resumed at step %d (targets round %d)", step, round_)
+    boots = [int(f * tcfg.steps) for f in tcfg.bootstrap_at]
+    rng = np.random.default_rng(tcfg.seed + step)
+    gen = torch.Generator().manual_seed(tcfg.seed + step)
+    losses: list[float] = []
+    bar = tqdm(total=tcfg.steps, initial=step, desc="train eisen", unit="step", disable=not progress)
+    t1 = time.perf_counter()
+    while step < tcfg.steps:
+        if round_ < len(boots) and step >= boots[round_]:
+            targets = bootstrap_targets(net, cfg, pairs, tcfg.bootstrap_purity, tcfg.device)
+            round_ += 1
+            log.info("bootstrapped targets (round %d): %.2f ids per frame", round_, _ids_per_frame(targets))
+        loss = _step(
+            net, cfg, opt, tcfg, *sample_batch(pairs, targets, tcfg.batch, rng, tcfg.device), gen, step
+        )
+        losses.append(loss)
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        if step % tcfg.ckpt_every == 0 or step == tcfg.steps:
+            save_state(out, net, cfg, opt, step, round_, targets)
+    bar.close()
+    summary = {
+        "pairs": len(pairs.images),
+        "data_s": data_s,
+        "train_s": time.perf_counter() - t1,
+        "first_loss": float(np.mean(losses[:20])) if losses else None,
+        "last_loss": float(np.mean(losses[-20:])) if losses else None,
+        "steps": step,
+        "losses": losses,
+    }
+    record = {**summary, "losses": [round(v, 4) for v in losses], "train_config": dataclasses.asdict(tcfg)}
+    (out / "train_summary.json").write_text(json.dumps(record, indent=1))
+    return summary
+
+
+def _ids_per_frame(targets: np.ndarray) -> float:
+    return float(np.mean([len(np.unique(t[t > 0])) for t in targets]))
+
+
+def _step(net, cfg, opt, tcfg, images, targets, gen, step) -> float:
+    for group in opt.param_groups:
+        group["lr"] = lr_at(step, tcfg)
+    opt.zero_grad(set_to_none=True)
+    loss = affinity_loss(net, cfg, images, targets, gen)
+    loss.backward()
+    nn.utils.clip_grad_norm_(net.parameters(), tcfg.clip)
+    opt.step()
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise FloatingPointError(f"non-finite loss at step {step}")
+    return value
+
+
+# -- command line --------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        if f.name == "out":
+            parser.add_argument(flag, required=True, help=help_text)
+        elif f.type in ("bool", bool):
+            parser.add_argument(flag, action="store_true", help=help_text)
+        elif f.name in ("bootstrap_at", "bags"):
+            kind = float if f.name == "bootstrap_at" else str
+            parser.add_argument(flag, type=kind, nargs="*", default=list(f.default), help=help_text)
+        else:
+            kind = {"int": int, "float": float, "str": str}[str(f.type)]
+            parser.add_argument(flag, type=kind, default=f.default, help=f"{help_text} (default {f.default})")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    values["bootstrap_at"] = tuple(values["bootstrap_at"])
+    values["bags"] = tuple(values["bags"])
+    return TrainConfig(**values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    summary = train(config_from_args(args))
+    log.info("done: %s", json.dumps({k: v for k, v in summary.items() if k != "losses"}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""The official EISEN metric and the post-processing, on label maps whose answer is known."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from perception_nodes.segmentation.eval import EvalItem, image_miou, matched_ious, write_report
+from perception_nodes.segmentation.processor import connected_segments, segment_stats
+from perception_nodes.types import CameraModel
+
+
+def _gt() -> np.ndarray:
+    gt = np.zeros((40, 60), np.int32)
+    gt[5:15, 5:25] = 3  # 200 px
+    gt[20:35, 30:50] = 7  # 300 px
+    return gt
+
+
+def test_perfect_and_relabelled_predictions_score_one():
+    gt = _gt()
+    assert image_miou(gt, gt) == 1.0
+    relabelled = np.select([gt == 3, gt == 7], [11, 2], default=5)  # ids differ, background predicted too
+    assert image_miou(relabelled, gt) == 1.0
+
+
+def test_partial_overlap_and_unmatched_objects():
+    gt = _gt()
+    pred = np.zeros_like(gt)
+    pred[5:15, 5:15] = 1  # half of object 3: IoU 100/200
+    # object 7 only overlaps background prediction 0 (all but 100 px): IoU 300 / 2300
+    ious = matched_ious(pred, gt)
+    assert ious == pytest.approx([0.5, 300 / (40 * 60 - 100)])
+    merged = np.where(gt > 0, 1, 0)  # both objects in one segment: one of them is unmatched
+    assert sorted(matched_ious(merged, gt)) == pytest.approx([0.0, 300 / 500])
+
+
+def test_predictions_are_nearest_resized_to_gt():
+    gt = np.zeros((40, 60), np.int32)
+    gt[4:14, 6:26], gt[20:34, 30:50] = 3, 7  # even boundaries: exact at half resolution
+    small = gt[::2, ::2]  # (20, 30) prediction of the same objects
+    assert image_miou(small, gt) == 1.0
+    assert image_miou(small[:, :-1], gt) < 1.0  # a stretched prediction is not
+    assert np.isnan(image_miou(gt, np.zeros_like(gt)))  # no GT object: excluded
+
+
+def test_report_writes_json_and_png(tmp_path):
+    gt = _gt()
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    items = [EvalItem("a", rgb, gt, gt, 1.0), EvalItem("b", rgb, gt, np.zeros_like(gt), 0.25)]
+    summary = write_report(items, tmp_path)
+    assert summary["miou"] == pytest.approx(0.625)
+    assert json.loads((tmp_path / "metrics.json").read_text())["images"] == 2
+    assert (tmp_path / "overlays.png").stat().st_size > 0
+
+
+def test_connected_segments_split_merge_and_order():
+    labels = np.zeros((30, 30), np.int32)
+    labels[2:10, 2:10] = 1  # 64 px
+    labels[20:28, 2:12] = 1  # same label, separate component: 80 px
+    labels[15:18, 20:23] = 2  # 9 px: below min area -> 0
+    out = connected_segments(labels, min_area=20, max_segments=256)
+    assert set(np.unique(out)) == {0, 1, 2, 3}
+    # agent label 0 is a segment too (747 px, the largest): ids follow decreasing area
+    assert (out[0] == 1).all() and (out[20:28, 2:12] == 2).all() and (out[2:10, 2:10] == 3).all()
+    assert out[16, 21] == 0
+    assert len(np.unique(connected_segments(labels, 20, 2))) == 3  # two kept + merged 0
+
+
+def test_segment_stats_by_construction():
+    labels = np.zeros((20, 30), np.uint16)
+    labels[4:8, 10:20] = 5  # 40 px, x 10..19, y 4..7
+    depth = np.full((20, 30), 2.0, np.float32)
+    depth[4:6, 10:20] = 0.0  # unknown depth on half the segment
+    cam = CameraModel(30, 20, fx=10.0, fy=10.0, cx=15.0, cy=10.0)
+    s = segment_stats(labels, np.full((20, 30), 0.8, np.float32), depth, cam)
+    assert s.ids.tolist() == [5]
+    assert s.bboxes.tolist() == [[10, 4, 10, 4]]
+    assert s.areas.tolist() == [40]
+    assert s.centroids_px.tolist() == [[14.5, 5.5]]
+    assert s.scores[0] == pytest.approx(0.8)
+    assert s.mean_depth[0] == pytest.approx(2.0)
+    # valid pixels: y 6..7, x 10..19 at z = 2 -> x = (14.5 - 15) / 10 * 2, y = (6.5 - 10) / 10 * 2
+    assert s.centroids_3d[0] == pytest.approx([-0.1, -0.7, 2.0])
