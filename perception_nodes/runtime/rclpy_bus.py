@@ -138,12 +138,15 @@ def _to_field(name: str, kind: int, code: Any, size: int | None, value: Any) -> 
 
 
 class _RclpyPublisher(Publisher):
-    def __init__(self, pub: Any, topic: str, typename: str):
+    def __init__(self, pub: Any, topic: str, typename: str, context: Any = None):
         self._pub = pub
+        self._context = context
         self.topic = topic
         self.typename = typename
 
     def publish(self, msg: Any) -> None:
+        if self._context is not None and not self._context.ok():
+            return  # shutting down (Ctrl-C): a result finished after shutdown has nowhere to go
         self._pub.publish(msg)
 
 
@@ -228,7 +231,7 @@ class RclpyBus(Bus):
 
     def publisher(self, topic: str, typename: str, qos: QoS = QoS.RESULT) -> Publisher:
         pub = self.node.create_publisher(message_class(typename), topic, qos_profile(qos))
-        return _RclpyPublisher(pub, topic, typename)
+        return _RclpyPublisher(pub, topic, typename, self.node.context)
 
     def subscribe(
         self,
