@@ -106,6 +106,16 @@ class Bus(abc.ABC):
         return None
 
 
+def overrides_from_mapping(
+    node: str, params: dict[str, Any], names: dict[str, tuple[Any, str]]
+) -> dict[str, Any]:
+    """Parameter values for in-process buses: ``params`` over the defaults; unknown names are an error."""
+    unknown = sorted(set(params) - set(names))
+    if unknown:
+        raise ValueError(f"node {node}: unknown parameter(s) {unknown}; known: {sorted(names)}")
+    return {name: params.get(name, default) for name, (default, _) in names.items()}
+
+
 def stamp_ns(msg: Any) -> int:
     """Nanosecond stamp of any message with a ``header`` (rclpy or rosbags)."""
     stamp = msg.header.stamp

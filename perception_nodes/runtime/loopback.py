@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from perception_nodes.runtime.bus import Bus, Publisher, QoS
+from perception_nodes.runtime.bus import Bus, Publisher, QoS, overrides_from_mapping
 from perception_nodes.runtime.typestore import make as make_msg
 from perception_nodes.runtime.typestore import typestore
 
@@ -88,7 +88,4 @@ class LoopbackBus(Bus):
         return make_msg(self.net.store, typename, **fields)
 
     def get_parameter_overrides(self, names: dict[str, tuple[Any, str]]) -> dict[str, Any]:
-        unknown = sorted(set(self.params) - set(names))
-        if unknown:
-            raise ValueError(f"node {self.name}: unknown parameter(s) {unknown}")
-        return {name: self.params.get(name, default) for name, (default, _) in names.items()}
+        return overrides_from_mapping(self.name, self.params, names)

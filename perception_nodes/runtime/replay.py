@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from perception_nodes.runtime.bag import BagError, BagReader, BagWriter
-from perception_nodes.runtime.bus import Bus, Publisher, QoS
+from perception_nodes.runtime.bus import Bus, Publisher, QoS, overrides_from_mapping
 from perception_nodes.runtime.typestore import make as make_msg
 from perception_nodes.runtime.typestore import typestore
 
@@ -83,10 +83,7 @@ class ReplayBus(Bus):
         return make_msg(self.runner.store, typename, **fields)
 
     def get_parameter_overrides(self, names: dict[str, tuple[Any, str]]) -> dict[str, Any]:
-        unknown = sorted(set(self.params) - set(names))
-        if unknown:
-            raise ValueError(f"node {self.name}: unknown parameter(s) {unknown}; known: {sorted(names)}")
-        return {name: self.params.get(name, default) for name, (default, _) in names.items()}
+        return overrides_from_mapping(self.name, self.params, names)
 
     def node_error(self, exc: BaseException, context: str) -> bool:
         """Called by the node harness when processing fails; True when the replay stops on it (strict)."""
