@@ -5,7 +5,7 @@
     python bench/bench_inference.py ref_convnet --device cpu --iters 20      # one model
     python bench/bench_inference.py --no-reference ...                      # registered models only
 
-Arguments are those of ``perception-nodes bench`` (perception_nodes/inference/cli_impl.py). The reference
+Arguments are those of ``perception-nodes bench`` (perception_nodes/inference/cli.py). The reference
 networks are not in the model registry: they exist so the harness measures something realistic (a conv
 encoder-decoder on a uint8 image, a small pre-norm transformer) before and besides the stack's own models.
 """
@@ -21,7 +21,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from perception_nodes.inference.cli_impl import main
+from perception_nodes.inference.cli import main
 from perception_nodes.inference.registry import ExportSpec
 
 

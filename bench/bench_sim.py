@@ -4,7 +4,7 @@
     .venv/bin/python bench/bench_sim.py --size 160x120 --workers 1 --episodes 2
 
 1. one process: per-phase milliseconds per frame (scene build + settle, physics, render, GT, bag write);
-2. the CLI's parallel path (``cli_impl.generate``, process pool): end-to-end frames/s incl. process start.
+2. the CLI's parallel path (``cli.generate``, process pool): end-to-end frames/s incl. process start.
 Goal on the 2-core machine: >= 15 frames/s at 320x240.
 """
 
@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from perception_nodes.sim.cli_impl import episode_seed, generate, parse_size
+from perception_nodes.sim.cli import episode_seed, generate, parse_size
 from perception_nodes.sim.config import SimConfig
 
 

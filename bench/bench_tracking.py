@@ -17,7 +17,7 @@ import numpy as np
 
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 
-from perception_nodes.tracking.cli_impl import evaluate_clip
+from perception_nodes.tracking.cli import evaluate_clip
 from perception_nodes.tracking.config import TrackerConfig
 from perception_nodes.tracking.synthetic import make_clip
 from perception_nodes.tracking.tracker import PointTracker

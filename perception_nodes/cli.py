@@ -15,19 +15,19 @@ from pathlib import Path
 # Subcommands implemented next to their capability: name -> (module, add_arguments, run, help).
 _PLUGINS: dict[str, tuple[str, str, str, str]] = {
     "sim": (
-        "perception_nodes.sim.cli_impl",
+        "perception_nodes.sim.cli",
         "add_arguments",
         "run",
         "generate MuJoCo tabletop episodes as bags",
     ),
     "export": (
-        "perception_nodes.inference.cli_impl",
+        "perception_nodes.inference.cli",
         "add_export_arguments",
         "run_export",
         "export a model to ONNX",
     ),
     "bench": (
-        "perception_nodes.inference.cli_impl",
+        "perception_nodes.inference.cli",
         "add_bench_arguments",
         "run_bench",
         "benchmark models per backend",
@@ -35,9 +35,9 @@ _PLUGINS: dict[str, tuple[str, str, str, str]] = {
 }
 # train/eval dispatch on a capability: name -> module with add_{train,eval}_arguments and run_{train,eval}.
 _CAPABILITIES: dict[str, str] = {
-    "segmentation": "perception_nodes.segmentation.cli_impl",
-    "forecasting": "perception_nodes.forecasting.cli_impl",
-    "tracking": "perception_nodes.tracking.cli_impl",
+    "segmentation": "perception_nodes.segmentation.cli",
+    "forecasting": "perception_nodes.forecasting.cli",
+    "tracking": "perception_nodes.tracking.cli",
 }
 
 PACKAGE_DIR = Path(__file__).resolve().parent

@@ -193,7 +193,7 @@ def _parse(add, argv):
 
 
 def test_export_command_writes_onnx_and_card_that_load_without_torch_module(provider, tmp_path, capsys):
-    from perception_nodes.inference.cli_impl import add_export_arguments, run_export
+    from perception_nodes.inference.cli import add_export_arguments, run_export
 
     out = tmp_path / "out" / "net.onnx"
     assert run_export(_parse(add_export_arguments, ["cli_net", "--onnx", str(out)])) == 0
@@ -218,7 +218,7 @@ def test_export_command_writes_onnx_and_card_that_load_without_torch_module(prov
 
 
 def test_bench_command_prints_a_table_and_writes_json(provider, tmp_path, capsys):
-    from perception_nodes.inference.cli_impl import add_bench_arguments, run_bench
+    from perception_nodes.inference.cli import add_bench_arguments, run_bench
 
     path = tmp_path / "bench.json"
     argv = ["--device", "cpu", "--backend", "onnxruntime", "--iters", "3", "--warmup", "1"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from perception_nodes.sim import SimConfig
-from perception_nodes.sim.cli_impl import add_arguments, run
+from perception_nodes.sim.cli import add_arguments, run
 from perception_nodes.sim.dataset import read_episodes
 
 
@@ -93,7 +93,7 @@ def test_missing_opengl_backend_says_what_to_install(tmp_path, env):
     cmd = [
         sys.executable,
         "-m",
-        "perception_nodes.sim.cli_impl",
+        "perception_nodes.sim.cli",
         "--episodes",
         "1",
         "--frames",

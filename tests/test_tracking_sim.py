@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from perception_nodes.tracking.cli_impl import evaluate_clip
+from perception_nodes.tracking.cli import evaluate_clip
 from perception_nodes.tracking.config import TrackerConfig
 
 # Measured with the defaults on these clips (16 frames, 320x240): 0.901, 0.854, 0.949 (mean 0.90); the

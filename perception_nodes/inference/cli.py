@@ -1,5 +1,5 @@
 """The ``export`` and ``bench`` subcommands (wired into perception_nodes/cli.py; also runnable on their own:
-``python -m perception_nodes.inference.cli_impl {export,bench} ...``). This is command-line code: it prints.
+``python -m perception_nodes.inference.cli {export,bench} ...``). This is command-line code: it prints.
 """
 
 from __future__ import annotations

@@ -107,7 +107,7 @@ def _episodes(args):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m perception_nodes.segmentation.cli_impl {train,eval} ...`` (same as the CLI subcommands)."""
+    """``python -m perception_nodes.segmentation.cli {train,eval} ...`` (same as the CLI subcommands)."""
     parser = argparse.ArgumentParser(prog="eisen")
     sub = parser.add_subparsers(dest="cmd", required=True)
     add_train_arguments(sub.add_parser("train"))

@@ -5,7 +5,7 @@
 Episode i of seed S is generated from its own seed (``episode_seed(S, i)``), so the output does not depend on
 the number of workers. Bags are named ``ep_00000`` ... inside ``--out``. ``--preview`` writes
 ``preview.png`` (a contact sheet of the first episodes, read back from the bags).
-On a GPU machine: ``MUJOCO_GL=egl python -m perception_nodes.sim.cli_impl --episodes 1000 --workers 16 ...``
+On a GPU machine: ``MUJOCO_GL=egl python -m perception_nodes.sim.cli --episodes 1000 --workers 16 ...``
 (this module runs stand-alone too).
 """
 
@@ -182,9 +182,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m perception_nodes.sim.cli_impl`` (e.g. on a GPU box with MUJOCO_GL=egl)."""
+    """``python -m perception_nodes.sim.cli`` (e.g. on a GPU box with MUJOCO_GL=egl)."""
     parser = argparse.ArgumentParser(
-        prog="python -m perception_nodes.sim.cli_impl", description=__doc__.splitlines()[0]
+        prog="python -m perception_nodes.sim.cli", description=__doc__.splitlines()[0]
     )
     add_arguments(parser)
     args = parser.parse_args(argv)
