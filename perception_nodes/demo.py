@@ -78,6 +78,22 @@ def _by_stamp(reader: BagReader, topic: str) -> dict[int, object]:
     return {t: m for _, _, t, m in reader.messages([topic])}
 
 
+def segmentation_metrics(out_bag: Path, in_bag: Path) -> dict | None:
+    """EISEN's official metric on the demo episode: per image, Hungarian-matched IoU of each true object."""
+    from perception_nodes.segmentation.eval import image_miou
+
+    with BagReader(in_bag) as reader:
+        truth = _by_stamp(reader, GT_INSTANCES)
+    with BagReader(out_bag) as reader:
+        segments = _by_stamp(reader, SEGMENTS)
+    scores = [
+        image_miou(image_to_numpy(msg.labels), image_to_numpy(truth[stamp]))
+        for stamp, msg in segments.items()
+        if stamp in truth
+    ]
+    return {"images": len(scores), "miou": round(float(np.mean(scores)), 4)} if scores else None
+
+
 def contact_sheet(out_bag: Path, in_bag: Path, png: Path, columns: int = 4) -> Path:
     """RGB | depth | true instances | segments | tracks + forecast for a few frames over the episode."""
     with BagReader(in_bag) as reader:
@@ -131,6 +147,8 @@ def run(args: argparse.Namespace) -> dict:
     bag = make_bag(Path(args.bag) if args.bag else out / "sim_episode", args.frames, args.seed)
     pipeline_path = Path(args.pipeline) if args.pipeline else PACKAGE_DIR / "config" / "demo.yaml"
     metrics = {"bag": str(bag), "replay": replay(bag, out / "perception", pipeline_path)}
+    if (seg := segmentation_metrics(out / "perception", bag)) is not None:
+        metrics["segmentation"] = seg
     png = contact_sheet(out / "perception", bag, out / "demo.png")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return {

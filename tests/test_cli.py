@@ -32,7 +32,15 @@ def test_demo_writes_bag_picture_metrics(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--frames", "6"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["replay"]["outputs"]["/perception/identity/image"] == 6
+    outputs = metrics["replay"]["outputs"]
+    assert outputs["/perception/identity/image"] == 6
+    assert (
+        outputs["/perception/segments"]
+        == outputs["/perception/tracks"]
+        == outputs["/perception/forecast"]
+        == 6
+    )
+    assert metrics["segmentation"]["images"] == 6 and 0.0 < metrics["segmentation"]["miou"] <= 1.0
     sheet = cv2.imread(str(out / "demo.png"))
     assert sheet is not None and sheet.shape[0] > 100 and sheet.std() > 10  # a real picture, not blank
     assert "png" in capsys.readouterr().out
