@@ -88,14 +88,17 @@ def test_auto_falls_back_and_says_why(provider, tmp_path, caplog, monkeypatch):
     card = card_from_spec(provider, module)
     with caplog.at_level(logging.INFO, logger="perception_nodes.inference"):
         engine = load_engine(card, "auto", "auto", module=module, cache_dir=tmp_path)
-    assert engine.label == "torch-cpu"
+    cuda = torch.cuda.is_available()  # with a GPU, torch-cuda ranks above onnxruntime-cpu and wins
+    want = "torch-cuda" if cuda else "torch-cpu"
+    assert engine.label == want
     message = _loader_records(caplog)[0].getMessage()
-    assert "runs on torch-cpu" in message
-    assert "onnxruntime-cpu (BackendUnavailableError: onnxruntime is not importable" in message
-    if not torch.cuda.is_available():
+    assert f"runs on {want}" in message
+    ort = "onnxruntime-cuda" if cuda else "onnxruntime-cpu"
+    assert f"{ort} (BackendUnavailableError: onnxruntime is not importable" in message
+    if not cuda:
         assert "torch-cuda (BackendUnavailableError: no CUDA device" in message
     assert "tensorrt-cuda (BackendUnavailableError:" in message
-    assert [s.split(" ")[0] for s in engine.details["skipped"]][-1] == "onnxruntime-cpu"
+    assert [s.split(" ")[0] for s in engine.details["skipped"]][-1] == ort
 
 
 def test_explicit_backend_that_cannot_run_raises(provider, tmp_path, monkeypatch):
