@@ -35,29 +35,12 @@ def load_episodes(args: argparse.Namespace, image_size: int, keep_full: bool = F
     from tqdm import tqdm
 
     from perception_nodes.forecasting.processor import lighten
+    from perception_nodes.tracking.cli import iter_episodes
 
-    sources = []
-    if args.bags:
-        from perception_nodes.sim.dataset import read_episodes
-
-        sources.append(read_episodes(args.bags))
-    if args.sim_episodes:
-        from perception_nodes.sim.config import SimConfig
-        from perception_nodes.sim.world import generate_episode
-
-        cfg = SimConfig(frames=args.sim_frames)
-        sources.append(generate_episode(cfg, args.sim_seed + i) for i in range(args.sim_episodes))
-    if args.synthetic:
-        from perception_nodes.tracking.synthetic import make_clip
-
-        sources.append(
-            make_clip(args.sim_seed + i, num_frames=args.sim_frames) for i in range(args.synthetic)
-        )
     total = args.sim_episodes + args.synthetic + (len(args.bags) if args.bags else 0)
     episodes = [
         lighten(ep, image_size, keep_full)
-        for src in sources
-        for ep in tqdm(src, desc="episodes", total=total, leave=False)
+        for ep in tqdm(iter_episodes(args), desc="episodes", total=total, leave=False)
     ]
     if not episodes:
         raise ValueError("give sim bags, --sim-episodes N or --synthetic N")

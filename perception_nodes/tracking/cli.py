@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -60,23 +61,31 @@ def _draw(clip, pred: np.ndarray, pred_vis: np.ndarray, path: Path) -> None:
     cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
 
 
-def load_clips(args: argparse.Namespace) -> list:
-    """Episodes from bags, generated sim episodes and/or synthetic clips."""
-    clips: list = []
+def iter_episodes(args: argparse.Namespace) -> Iterator:
+    """Episodes from bags, generated sim episodes and/or synthetic clips, one at a time.
+
+    ``args`` carries ``bags``, ``sim_episodes``, ``sim_seed``, ``sim_frames`` and ``synthetic`` (the data
+    arguments of ``eval tracking`` and of ``train/eval forecasting``).
+    """
     if args.bags:
         from perception_nodes.sim.dataset import read_episodes
 
-        clips.extend(read_episodes(args.bags))
+        yield from read_episodes(args.bags)
     if args.sim_episodes:
         from perception_nodes.sim.config import SimConfig
         from perception_nodes.sim.world import generate_episode
 
         cfg = SimConfig(frames=args.sim_frames)
-        clips.extend(generate_episode(cfg, args.sim_seed + i) for i in range(args.sim_episodes))
+        yield from (generate_episode(cfg, args.sim_seed + i) for i in range(args.sim_episodes))
     if args.synthetic:
         from perception_nodes.tracking.synthetic import make_clip
 
-        clips.extend(make_clip(args.sim_seed + i, num_frames=args.sim_frames) for i in range(args.synthetic))
+        yield from (make_clip(args.sim_seed + i, num_frames=args.sim_frames) for i in range(args.synthetic))
+
+
+def load_clips(args: argparse.Namespace) -> list:
+    """Every episode of ``iter_episodes(args)``; ValueError when none was asked for."""
+    clips = list(iter_episodes(args))
     if not clips:
         raise ValueError("give sim bags, --sim-episodes N or --synthetic N")
     return clips
