@@ -66,19 +66,16 @@ class BagReader:
         self._reader.close()
 
     def summary(self) -> list[TopicSummary]:
-        """Per-topic type, count and first/last time (reads the index, not the messages)."""
-        out = []
-        for topic, info in sorted(self._reader.topics.items()):
-            conns = info.connections
-            out.append(TopicSummary(topic, info.msgtype or "?", info.msgcount, *self._span(conns)))
-        return out
-
-    def _span(self, conns: list[Any]) -> tuple[int, int]:
-        first = last = None
-        for _, timestamp, _ in self._reader.messages(connections=conns[:1] or conns):
-            first = timestamp if first is None else first
-            last = timestamp
-        return first or 0, last or 0
+        """Per-topic type, count and first/last log time, from one pass over the bag's records."""
+        spans: dict[str, tuple[int, int]] = {}
+        if self._reader.connections:
+            for conn, timestamp, _ in self._reader.messages():
+                first, _ = spans.get(conn.topic, (timestamp, timestamp))
+                spans[conn.topic] = (first, timestamp)
+        return [
+            TopicSummary(topic, info.msgtype or "?", info.msgcount, *spans.get(topic, (0, 0)))
+            for topic, info in sorted(self._reader.topics.items())
+        ]
 
     @property
     def start_ns(self) -> int:
