@@ -159,39 +159,43 @@ class ReplayRunner:
     # -- the loop --------------------------------------------------------------------------------
     def run(self, progress: Callable[[int], None] | None = None, limit: int | None = None) -> ReplayStats:
         """Replay the whole bag. ``progress(n)`` is called after every input message."""
-        inputs = set(self.subscriptions) | self.passthrough
-        if not inputs:
+        if not (self.subscriptions or self.passthrough):
             raise ReplayError("nothing subscribes to any topic and no passthrough topics were given")
         self.reader.require(self.required - self.produced)
-        writer = BagWriter(self.out, overwrite=self.overwrite) if self.out is not None else None
-        self._writer = writer
-        start, first_ns = time.perf_counter(), None
+        start = time.perf_counter()
         try:
-            for topic, typename, stamp, raw in self.reader.raw_messages(inputs):
-                first_ns = stamp if first_ns is None else first_ns
-                self._pace(start, first_ns, stamp)
-                self._advance(stamp)
-                if writer is not None and topic in self.passthrough:
-                    writer.add_topic(topic, typename)
-                    writer.write_raw(topic, stamp, raw)  # copied as is: no re-serialisation
-                if topic in self.subscriptions:
-                    self._deliver(topic, self.reader.deserialize(raw, typename))
-                self.stats.input_messages += 1
-                if progress:
-                    progress(1)
-                if limit is not None and self.stats.input_messages >= limit:
-                    break
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            raise
+            if self.out is None:
+                self._loop(progress, limit)
+            else:
+                with BagWriter(self.out, overwrite=self.overwrite) as writer:  # aborted on any exception
+                    self._writer = writer
+                    self._loop(progress, limit)
+                self.stats.output_counts = dict(writer.counts)
         finally:
             self.reader.close()
-        if writer is not None:
-            writer.close()
-            self.stats.output_counts = dict(writer.counts)
         self.stats.wall_s = time.perf_counter() - start
         return self.stats
+
+    def _loop(self, progress: Callable[[int], None] | None, limit: int | None) -> None:
+        """Deliver every input message in log-time order; copy passthrough topics to the writer."""
+        start, first_ns = time.perf_counter(), None
+        writer = self._writer
+        for topic, typename, stamp, raw in self.reader.raw_messages(
+            set(self.subscriptions) | self.passthrough
+        ):
+            first_ns = stamp if first_ns is None else first_ns
+            self._pace(start, first_ns, stamp)
+            self._advance(stamp)
+            if writer is not None and topic in self.passthrough:
+                writer.add_topic(topic, typename)
+                writer.write_raw(topic, stamp, raw)  # copied as is: no re-serialisation
+            if topic in self.subscriptions:
+                self._deliver(topic, self.reader.deserialize(raw, typename))
+            self.stats.input_messages += 1
+            if progress:
+                progress(1)
+            if limit is not None and self.stats.input_messages >= limit:
+                break
 
     def _pace(self, start: float, first_ns: int, stamp: int) -> None:
         if self.realtime > 0:
