@@ -13,7 +13,9 @@ from perception_nodes.segmentation.train import (
     PairData,
     TrainConfig,
     explain_away,
+    initial_targets,
     motion_mask,
+    motion_segments,
     to_map,
     train,
 )
@@ -111,3 +113,53 @@ def test_explain_away_needs_a_stable_segment():
     assert (explain_away(first, moving, 0.8, unstable) <= 1).all()
     stable = np.where(first == 4, 7, 0)
     assert (explain_away(first, moving, 0.8, stable)[2:10, 2:8] == 2).all()
+
+
+def _shadow_pair(size: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A square with a colour texture moves 3 px right over a textured grey-green floor and casts a shadow
+    (the floor darkened to 55 %: same chromaticity) 20 px below it that moves with it.
+    -> frames, square, shadow."""
+    rng = np.random.default_rng(1)
+    floor = cv2.resize(rng.integers(60, 200, (16, 16), dtype=np.uint8), (size, size), cv2.INTER_NEAREST)
+    floor = np.stack([floor, floor * 1.1, floor * 0.9], -1).clip(0, 255).astype(np.uint8)
+    tex = cv2.resize(rng.integers(40, 255, (6, 6, 3), dtype=np.uint8), (30, 30), cv2.INTER_NEAREST)
+    frames, square, shadow = [], np.zeros((2, size, size), bool), np.zeros((2, size, size), bool)
+    for i, dx in enumerate((0, 3)):
+        img = floor.copy()
+        shadow[i, 60:90, 40 + dx : 70 + dx] = True
+        img[shadow[i]] = (img[shadow[i]] * 0.55).astype(np.uint8)
+        square[i, 20:50, 40 + dx : 70 + dx] = True
+        img[square[i]] = tex.reshape(-1, 3)
+        frames.append(img)
+    return frames[0], frames[1], square.any(0), shadow.any(0)
+
+
+def test_chroma_support_drops_a_moving_shadow_and_keeps_the_object():
+    f0, f1, square, shadow = _shadow_pair()
+    plain = motion_mask(f0, f1, 0.5)
+    supported = motion_mask(f0, f1, 0.5, chroma_support=0.03, support_radius=1)
+    assert (plain & shadow).sum() > 0.3 * shadow.sum()  # DIS sees the shadow move
+    assert (supported & shadow).sum() < 0.3 * (plain & shadow).sum()
+    assert (supported & square).sum() > 0.8 * (plain & square).sum()
+
+
+def test_motion_segments_split_separate_regions_and_drop_specks():
+    moving = np.zeros((16, 16), bool)
+    moving[1:5, 1:5] = True  # object A
+    moving[9:14, 8:15] = True  # object B, apart from A
+    moving[0, 15] = True  # a speck
+    ids = motion_segments(moving, min_area=4)
+    assert ids[2, 2] != ids[10, 10] and min(ids[2, 2], ids[10, 10]) >= 1
+    assert ids[0, 15] == 0 and set(np.unique(ids)) == {0, 1, 2}
+    single = initial_targets(moving[None], single_id=True)[0]
+    assert set(np.unique(single)) == {0, 1}
+
+
+def test_explain_away_keeps_region_ids_and_adds_new_ones():
+    regions = np.zeros((20, 20), np.uint8)
+    regions[2:10, 2:18] = 1  # pusher + pushed object, touching
+    regions[14:18, 14:18] = 2  # another moving object
+    segments = np.zeros((20, 20), np.int32)
+    segments[2:10, 2:8] = 5  # the model knows the pusher
+    out = explain_away(segments, regions, purity=0.8)
+    assert (out[2:10, 2:8] == 3).all() and (out[2:10, 8:18] == 1).all() and (out[14:18, 14:18] == 2).all()

@@ -63,6 +63,17 @@ class TrainConfig:
     flow_threshold: float = dataclasses.field(
         default=0.5, metadata={"help": "|flow| px above which a pixel moves"}
     )
+    chroma_support: float = dataclasses.field(
+        default=0.03,
+        metadata={"help": "DIS: keep moving pixels near a chromaticity change above this (0: off)"},
+    )
+    support_radius: int = dataclasses.field(
+        default=1, metadata={"help": "DIS: distance in px from a chromaticity change that still counts"}
+    )
+    single_motion_id: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "one target id for all moving pixels (official) instead of one per region"},
+    )
     max_moving_fraction: float = dataclasses.field(
         default=0.3, metadata={"help": "skip pairs with more moving pixels than this (camera motion)"}
     )
@@ -102,12 +113,56 @@ class TrainConfig:
 # -- data ----------------------------------------------------------------------------------------------------
 
 
-def motion_mask(rgb0: np.ndarray, rgb1: np.ndarray, threshold: float, dis=None) -> np.ndarray:
-    """(H, W) bool: |DIS optical flow rgb0 -> rgb1| > threshold pixels."""
+def motion_mask(
+    rgb0: np.ndarray,
+    rgb1: np.ndarray,
+    threshold: float,
+    dis=None,
+    chroma_support: float = 0.0,
+    support_radius: int = 1,
+) -> np.ndarray:
+    """(H, W) bool: |DIS optical flow rgb0 -> rgb1| > threshold pixels.
+
+    ``chroma_support`` > 0 keeps only moving pixels within ``support_radius`` px of a pixel whose
+    chromaticity (r, g, b) / (r + g + b) changed by more than it (L1) between the frames: a moving cast
+    shadow changes brightness, not chromaticity, and DIS spreads flow into unchanged texture around moving
+    edges. On 56 sim pairs (0.03, radius 1) this raises the precision against ground-truth motion at map
+    size from 0.41 to 0.64 (recall 0.91 -> 0.81)."""
     dis = dis or cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     g0, g1 = (cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) for x in (rgb0, rgb1))
     flow = dis.calc(g0, g1, None)
-    return np.linalg.norm(flow, axis=-1) > threshold
+    moving = np.linalg.norm(flow, axis=-1) > threshold
+    if chroma_support > 0:
+        c0, c1 = (_chromaticity(x) for x in (rgb0, rgb1))
+        changed = (np.abs(c0 - c1).sum(-1) > chroma_support).astype(np.uint8)
+        side = 2 * support_radius + 1
+        supported = moving & (cv2.dilate(changed, np.ones((side, side), np.uint8)) > 0)
+        moving &= fill_holes(supported)  # a uniform object interior does not change colour when it moves
+    return moving
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """(H, W) bool with every region that the background cannot reach (flood fill from outside) set."""
+    padded = np.pad(mask.astype(np.uint8), 1)
+    flood = np.zeros((padded.shape[0] + 2, padded.shape[1] + 2), np.uint8)
+    cv2.floodFill(padded, flood, (0, 0), 1)
+    return mask | (padded[1:-1, 1:-1] == 0)
+
+
+def _chromaticity(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H, W, 3) float32 rgb / (r + g + b), offset so dark pixels stay stable."""
+    f = rgb.astype(np.float32) + 8.0
+    return f / f.sum(-1, keepdims=True)
+
+
+def motion_segments(moving: np.ndarray, min_area: int = 4) -> np.ndarray:
+    """(h, w) bool motion mask at map size -> (h, w) uint8 ids: one per 8-connected moving region (objects
+    pushed apart from each other get different targets), regions under ``min_area`` pixels dropped (0)."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(moving.astype(np.uint8), connectivity=8)
+    keep = np.zeros(n, np.uint8)
+    big = [k for k in range(1, n) if stats[k, cv2.CC_STAT_AREA] >= min_area]
+    keep[big[:254]] = np.arange(1, len(big[:254]) + 1)
+    return keep[labels]
 
 
 def to_map(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -137,7 +192,9 @@ def pairs_from_episodes(episodes, cfg: EisenConfig, tcfg: TrainConfig) -> PairDa
                 moving = np.linalg.norm(flow, axis=-1) * (W / ep.rgb.shape[2]) > tcfg.flow_threshold
                 moving = cv2.resize(moving.astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST) > 0
             else:
-                moving = motion_mask(rgb[t], rgb[t + 1], tcfg.flow_threshold, dis)
+                moving = motion_mask(
+                    rgb[t], rgb[t + 1], tcfg.flow_threshold, dis, tcfg.chroma_support, tcfg.support_radius
+                )
             frac = moving.mean()
             if moving.sum() < tcfg.min_moving_pixels or frac > tcfg.max_moving_fraction:
                 continue
@@ -192,6 +249,8 @@ def load_pairs(tcfg: TrainConfig, cfg: EisenConfig) -> PairData:
         [
             tcfg.flow,
             tcfg.flow_threshold,
+            tcfg.chroma_support,
+            tcfg.support_radius,
             tcfg.sim_episodes,
             tcfg.sim_frames,
             tcfg.sim_seed,
@@ -226,10 +285,16 @@ def load_pairs(tcfg: TrainConfig, cfg: EisenConfig) -> PairData:
 
 @torch.no_grad()
 def bootstrap_targets(
-    net: EisenNet, cfg: EisenConfig, pairs: PairData, purity: float, device: str, batch: int = 8
+    net: EisenNet,
+    cfg: EisenConfig,
+    pairs: PairData,
+    purity: float,
+    device: str,
+    batch: int = 8,
+    base: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(P, h, w) uint8 target ids: 1 = moving; a *confident* predicted segment that lies mostly inside the
-    motion mask (and leaves some of it) is explained away with its own id 2, 3, ...
+    """(P, h, w) uint8 target ids: ``base`` (default: 1 = moving) with every *confident* predicted segment
+    that lies mostly inside the motion mask (and leaves some of it) explained away with an id of its own.
 
     Confident = stable: found again (IoU >= 0.7) by a second inference with other random draws (agent
     seeds, KProp start); fragments of a poorly learned object change between draws, a well-known object
@@ -237,7 +302,8 @@ def bootstrap_targets(
     net.eval()
     fast_cfg = dataclasses.replace(cfg, kprop_tol=max(cfg.kprop_tol, 4e-3))
     seg = EisenSegmenter(fast_cfg, net, early_exit=True).to(device).eval()
-    targets = pairs.motion.astype(np.uint8).copy()
+    base = pairs.motion.astype(np.uint8) if base is None else base
+    targets = base.copy()
     with torch.no_grad():
         for start in range(0, len(pairs.images), batch):
             imgs = (
@@ -254,7 +320,7 @@ def bootstrap_targets(
                     ]
                 )
             for i, (first, second) in enumerate(zip(*runs, strict=True)):
-                targets[start + i] = explain_away(first, pairs.motion[start + i], purity, second)
+                targets[start + i] = explain_away(first, base[start + i], purity, second)
     net.train()
     return targets
 
@@ -266,12 +332,14 @@ def explain_away(
     check: np.ndarray | None = None,
     min_iou: float = 0.7,
 ) -> np.ndarray:
-    """Give each segment that lies mostly inside ``moving`` its own id; the rest of ``moving`` stays 1.
+    """Give each segment that lies mostly inside ``moving`` its own id; the rest of ``moving`` keeps its id.
 
-    With ``check`` (a second segmentation), only segments it reproduces (IoU >= ``min_iou``) count."""
+    ``moving``: (h, w) bool mask or uint8 motion-region ids (0 = static). With ``check`` (a second
+    segmentation), only segments it reproduces (IoU >= ``min_iou``) count."""
     out = moving.astype(np.uint8)
-    total = moving.sum()
-    next_id = 2
+    total = (out > 0).sum()
+    next_id = max(2, int(out.max()) + 1)
+    moving = out > 0
     for k in np.unique(segments):
         if k == 0:
             continue
@@ -287,6 +355,13 @@ def explain_away(
         out[m & moving] = next_id
         next_id += 1
     return out
+
+
+def initial_targets(motion: np.ndarray, single_id: bool) -> np.ndarray:
+    """(P, h, w) bool motion masks -> uint8 target ids before bootstrapping."""
+    if single_id:
+        return motion.astype(np.uint8)
+    return np.stack([motion_segments(m) for m in motion])
 
 
 # -- model step ----------------------------------------------------------------------------------------------
@@ -398,7 +473,8 @@ def train(tcfg: TrainConfig, progress: bool = True, pairs: PairData | None = Non
     data_s = time.perf_counter() - t0
     net = EisenNet(cfg).to(tcfg.device).train()
     opt = torch.optim.Adam(net.parameters(), lr=tcfg.lr)
-    step, round_, targets = 0, 0, pairs.motion.astype(np.uint8)
+    base = initial_targets(pairs.motion, tcfg.single_motion_id)
+    step, round_, targets = 0, 0, base
     if tcfg.resume and (out / "train_state.json").exists():
         step, round_, targets = load_state(out, net, opt)
         log.info("resumed at step %d (targets round %d)", step, round_)
@@ -410,7 +486,7 @@ def train(tcfg: TrainConfig, progress: bool = True, pairs: PairData | None = Non
     t1 = time.perf_counter()
     while step < tcfg.steps:
         if round_ < len(boots) and step >= boots[round_]:
-            targets = bootstrap_targets(net, cfg, pairs, tcfg.bootstrap_purity, tcfg.device)
+            targets = bootstrap_targets(net, cfg, pairs, tcfg.bootstrap_purity, tcfg.device, base=base)
             round_ += 1
             log.info("bootstrapped targets (round %d): %.2f ids per frame", round_, _ids_per_frame(targets))
         loss = _step(
