@@ -39,6 +39,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kprop-dtype", default="", help="KProp matmul dtype override (float32, bfloat16)")
     parser.add_argument("--early-exit-tol", type=float, default=0.0, help="KProp early exit (0 = off)")
     parser.add_argument(
+        "--no-refine",
+        action="store_true",
+        help="nearest upsampling of the segments (official) instead of edge-aware",
+    )
+    parser.add_argument(
         "--sim-episodes", type=int, default=0, help="generate this many held-out episodes instead"
     )
     parser.add_argument("--sim-seed", type=int, default=900000, help="seed of the first generated episode")
@@ -67,6 +72,7 @@ def run_eval(args: argparse.Namespace) -> int:
             overlay=False,
             kprop_dtype=args.kprop_dtype,
             early_exit_tol=args.early_exit_tol,
+            refine=not args.no_refine,
         )
     )
 

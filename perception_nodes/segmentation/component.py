@@ -28,6 +28,7 @@ from perception_nodes.segmentation.processor import (
     colorize,
     connected_segments,
     preprocess,
+    refine_upsample,
     segment_stats,
     upsample_labels,
 )
@@ -93,6 +94,9 @@ class EisenComponent:
             self.cfg = dataclasses.replace(self.cfg, kprop_dtype=self.config.kprop_dtype)
         self.device = torch.device(self.config.device)
         self.net = net.to(self.device).eval()
+        # NHWC convolutions: about 1.5x faster backbone on CPU (oneDNN), the same numbers
+        self._memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+        self.net = self.net.to(memory_format=self._memory_format)
         self.segmenter = EisenSegmenter(self.cfg, self.net, early_exit=self.config.early_exit_tol > 0).eval()
         self.model_id = f"{self.cfg.name}@{self.cfg.short_hash()}"
         self._warned: set[str] = set()
@@ -110,7 +114,7 @@ class EisenComponent:
         if self.cfg.input_size != (H, W) and "resize" not in self._warned:
             log.info("resizing %dx%d frames to the network input %dx%d", W, H, *self.cfg.input_size[::-1])
             self._warned.add("resize")
-        image = preprocess(frame.rgb, self.cfg.input_size).to(self.device)
+        image = preprocess(frame.rgb, self.cfg.input_size).to(self.device, memory_format=self._memory_format)
         stamp = frame.stamp_ns if self.config.seed_per_frame else 0
         seed = zlib.crc32(f"{self.config.seed}:{stamp}".encode())
         t1 = time.perf_counter()
@@ -118,7 +122,10 @@ class EisenComponent:
         t2 = time.perf_counter()
         segments = connected_segments(agents, self.cfg.min_segment_area, self.cfg.max_segments)
         stable = self._associate(segments)
-        labels = upsample_labels(stable, H, W).astype(np.uint16)
+        if self.config.refine:
+            labels = refine_upsample(stable, frame.rgb).astype(np.uint16)
+        else:
+            labels = upsample_labels(stable, H, W).astype(np.uint16)
         conf_full = cv2.resize(conf, (W, H), interpolation=cv2.INTER_LINEAR)
         stats = segment_stats(
             labels, conf_full, frame.depth, frame.camera if frame.depth is not None else None

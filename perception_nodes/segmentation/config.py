@@ -259,6 +259,10 @@ class EisenComponentConfig:
         default=0.3, metadata={"help": "IoU with a previous segment needed to keep its id (stable ids)"}
     )
     overlay: bool = field(default=True, metadata={"help": "also produce a colour overlay image"})
+    refine: bool = field(
+        default=True,
+        metadata={"help": "edge-aware upsampling of the segments to the frame (False: nearest, official)"},
+    )
 
     def __post_init__(self):
         if self.path not in ("fast", "reference"):
