@@ -10,7 +10,8 @@ text prefix of 32 tokens, camera-motion class "unknown". Measured, in one run on
 - ``naive``: the released loop (no KV cache, fusion re-run over the whole sequence every step, global
   encoder re-run at every Euler evaluation, 15 evaluations per step), fp32 (TF32 allowed), once;
 - ``fast_*``: dense + global encoders once, history prefilled once, KV cache, K batched, 4 Euler steps
-  (cold) or warm start at t = 0.8 with 2 steps; eager fp32 / eager bf16 autocast / CUDA graphs + bf16.
+  (cold) or warm start at t = 0.8 with 2 or 1 steps (1 is the default); eager fp32 / eager bf16
+  autocast / CUDA graphs + bf16.
 Usage: python bench/gpu_forecasting.py out.json
        python bench/gpu_forecasting.py out.json --cpu-smoke   (tiny sizes on the CPU: checks the script runs)
 """
@@ -148,12 +149,16 @@ def main(out_path: str, smoke: bool = False) -> int:
     graph = (FastSampler if smoke else CudaGraphSampler)(
         model, H, K, euler_steps=4, warm_start_t=0.8, warm_start_steps=2
     )
+    graph1 = (FastSampler if smoke else CudaGraphSampler)(
+        model, H, K, euler_steps=4, warm_start_t=0.8, warm_start_steps=1
+    )
     cases = [
         ("encoders_fp32", lambda: inputs(), 10),
         ("fast_eager_fp32_cold4", update(fast), 5),
         ("fast_eager_bf16_cold4", update(fast, bf16=True), 5),
         ("fast_graph_bf16_cold4", update(graph, bf16=True), 10),
         ("fast_graph_bf16_warm2", update(graph, use_warm=True, bf16=True), 10),
+        ("fast_graph_bf16_warm1", update(graph1, use_warm=True, bf16=True), 10),
     ]
     for name, fn, reps in cases:
         try:

@@ -315,3 +315,50 @@ def test_autocast_bf16_sampling_runs_and_stays_close():
         low = FastSampler(model, 4, 3, euler_steps=2).sample(inp, noise)
     assert low.dtype == torch.float32  # positions stay fp32 under autocast
     assert (low - ref).abs().max() < 0.5  # model-frame pixels
+
+
+def test_flattened_sdpa_equals_explicit_attention_on_5d_inputs():
+    from perception_nodes.forecasting.network import NEG, _sdpa
+
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, 3, 4, 5, 8, generator=gen) for _ in range(3))
+    mask = torch.where(torch.rand(2, 1, 1, 1, 5, generator=gen) > 0.3, 0.0, NEG)  # broadcast over dim 1
+    mask[..., 0] = 0.0
+    ref = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5 + mask, dim=-1) @ v
+    torch.testing.assert_close(_sdpa(q, k, v, mask), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(_sdpa(q, k, v, None), torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, -1) @ v)
+
+
+def test_reused_cache_buffers_give_the_same_samples_as_a_fresh_sampler():
+    model = _perturbed(ARFM(small()))
+    sampler = FastSampler(model, 5, 3, euler_steps=2)
+    noise = torch.randn(3, 5, 7, 2, generator=torch.Generator().manual_seed(4))
+    first = sampler.sample(_inputs(model, n=7, hist=4, seed=1), noise)
+    own = sampler._own
+    inp = _inputs(model, n=7, hist=4, seed=2)
+    second = sampler.sample(inp, noise)
+    assert sampler._own is own  # the generated-steps cache was reused, not reallocated
+    torch.testing.assert_close(second, FastSampler(model, 5, 3, euler_steps=2).sample(inp, noise))
+    assert (second - first).abs().max() > 1e-3  # new inputs, new forecast
+    sampler.sample(_inputs(model, n=6, hist=4, seed=2), noise[:, :, :6])  # other shapes: a new buffer
+    assert sampler._own is not own
+
+
+def test_fused_head_equals_the_flow_head():
+    from perception_nodes.forecasting.network import NEG
+    from perception_nodes.forecasting.sampler import FusedHead
+
+    model = _perturbed(ARFM(_tiny_official()), scale=0.2)  # 2 head layers, adaLN on time + conditioning
+    head, d = model.head, model.cfg.head_hidden_size
+    gen = torch.Generator().manual_seed(6)
+    fused = torch.randn(3, 9, model.cfg.hidden_size, generator=gen)
+    noised = torch.randn(3, 9, 2, generator=gen)
+    cond = torch.randn(1, d, generator=gen)
+    mods = [m.reshape(1, 1, -1) for m in head.modulations(head.condition(torch.tensor([0.3]), cond))]
+    mask = torch.zeros(1, 1, 1, 9)
+    mask[..., -2:] = NEG  # two padded points
+    base = head.base(fused)
+    ref = head.run(base, noised, mods, mask)
+    fast = FusedHead(head)(base, noised, FusedHead.table(mods, d), mask)
+    assert ref.abs().max() > 0.1  # a non-trivial velocity
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-4)

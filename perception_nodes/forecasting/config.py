@@ -35,29 +35,29 @@ class ARFMConfig:
         default="small_cnn", metadata={"help": "dense/global image encoder: small_cnn or external"}
     )
     feature_dim: int = field(
-        default=48, metadata={"help": "channels of the dense feature map sampled at points"}
+        default=32, metadata={"help": "channels of the dense feature map sampled at points"}
     )
-    global_dim: int = field(default=48, metadata={"help": "channels of the global image tokens"})
+    global_dim: int = field(default=32, metadata={"help": "channels of the global image tokens"})
     num_global_tokens: int = field(
         default=4, metadata={"help": "global image tokens per frame (a square number)"}
     )
     feature_sampling: str = field(
         default="bilinear", metadata={"help": "point feature lookup: bilinear or nearest"}
     )
-    hidden_size: int = field(default=48, metadata={"help": "fusion transformer width"})
+    hidden_size: int = field(default=32, metadata={"help": "fusion transformer width"})
     num_layers: int = field(
         default=4, metadata={"help": "fusion layers, alternating causal time / spatial (even)"}
     )
     num_heads: int = field(default=4, metadata={"help": "attention heads of the fusion transformer"})
     intermediate_size: int = field(
-        default=96, metadata={"help": "SwiGLU hidden size of the fusion transformer"}
+        default=64, metadata={"help": "SwiGLU hidden size of the fusion transformer"}
     )
-    head_hidden_size: int = field(default=48, metadata={"help": "flow head width"})
+    head_hidden_size: int = field(default=32, metadata={"help": "flow head width"})
     head_layers: int = field(
         default=1, metadata={"help": "DiT blocks (spatial attention, adaLN) in the flow head"}
     )
-    head_heads: int = field(default=4, metadata={"help": "attention heads of the flow head"})
-    head_intermediate_size: int = field(default=96, metadata={"help": "SwiGLU hidden size of the flow head"})
+    head_heads: int = field(default=2, metadata={"help": "attention heads of the flow head"})
+    head_intermediate_size: int = field(default=64, metadata={"help": "SwiGLU hidden size of the flow head"})
     frequency_dim: int = field(default=256, metadata={"help": "sinusoidal flow-time embedding size"})
     flow_time_scale: float = field(
         default=1000.0, metadata={"help": "flow time t in [0, 1] is multiplied by this before its embedding"}
@@ -135,7 +135,9 @@ class SamplingConfig:
         default=0.8,
         metadata={"help": "flow time the previous forecast is re-noised to (warm start); 0 disables"},
     )
-    warm_start_steps: int = field(default=2, metadata={"help": "Euler steps that refine a warm-started step"})
+    warm_start_steps: int = field(
+        default=1, metadata={"help": "Euler steps that refine a warm-started step (1: as good as 2 on sim)"}
+    )
     t_end: float = field(
         default=1.0, metadata={"help": "flow time the Euler integration stops at (official: 15/16)"}
     )

@@ -24,7 +24,7 @@ import torch
 
 from perception_nodes.forecasting.config import SamplingConfig
 from perception_nodes.forecasting.network import ARFM
-from perception_nodes.forecasting.processor import make_window
+from perception_nodes.forecasting.processor import image_tensor, make_window
 from perception_nodes.forecasting.sampler import FastSampler, ForecastInputs
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,10 @@ def forecast_window(
     history: np.ndarray,
     observed: np.ndarray,
     gen: torch.Generator,
+    warm: torch.Tensor | None = None,
 ) -> np.ndarray:
-    """ARFM samples (K, M, H, 2) for one window (history (M, S, 2) model frame)."""
+    """ARFM samples (K, M, H, 2) for one window (history (M, S, 2) model frame); ``warm`` (K, M, H, 2):
+    displacements of a previous forecast aligned to these steps (NaN: start from noise)."""
     fmaps, tokens = model.encode_image(image[None])
     m = history.shape[0]
     inputs = ForecastInputs(
@@ -107,7 +109,19 @@ def forecast_window(
         torch.ones(1, m, dtype=torch.bool),
         model.condition(1, None, None, "cpu"),
     )
-    return sampler.sample(inputs, generator=gen).numpy()
+    return sampler.sample(inputs, warm=warm, generator=gen).numpy()
+
+
+def aligned_warm(previous: np.ndarray, shift: int = 1) -> torch.Tensor:
+    """Displacements (K, M, H, 2) of a forecast made ``shift`` frames earlier, aligned to the steps of a
+    new one (its step j -> j + 1 is the new step j - shift + 1 -> j - shift + 2), NaN past its horizon."""
+    prev = torch.from_numpy(previous)
+    disp = torch.diff(prev, dim=2)  # (K, M, H - 1, 2)
+    warm = torch.full_like(prev, float("nan"))
+    n = prev.shape[2] - shift
+    if n > 0:
+        warm[:, :, :n] = disp[:, :, shift - 1 : shift - 1 + n]
+    return warm
 
 
 def evaluate(
@@ -119,25 +133,47 @@ def evaluate(
     moving_px: float = 4.0,
     seed: int = 0,
     keep_examples: int = 4,
+    warm_start: bool = False,
+    sample_seed: int | None = None,
 ) -> tuple[dict, list[Example]]:
-    """Metrics of ARFM and the baselines over windows every ``stride`` frames of each episode."""
+    """Metrics of ARFM and the baselines over windows every ``stride`` frames of each episode.
+
+    ``warm_start``: the streaming update path. Each window is first forecast cold one frame earlier, then
+    warm-started from that forecast (``sampling.warm_start_t`` / ``warm_start_steps``); "arfm" is the warm
+    forecast and "arfm_cold" the cold one on the same windows (which start one frame later, at ``history``).
+    ``sample_seed``: seed of the flow noise (default ``seed``, which also draws the points)."""
     model.eval()
     cfg, h, s = model.cfg, sampling.horizon, sampling.history
-    sampler = FastSampler(model, h, sampling.num_samples, sampling.euler_steps, sampling.t_end)
-    rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
-    per: dict[str, list[dict]] = {"arfm": [], "constant_velocity": [], "static": []}
+    sampler = FastSampler(
+        model,
+        h,
+        sampling.num_samples,
+        sampling.euler_steps,
+        sampling.t_end,
+        sampling.warm_start_t,
+        sampling.warm_start_steps,
+    )
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed if sample_seed is None else sample_seed)
+    names = ["arfm", "constant_velocity", "static"] + (["arfm_cold"] if warm_start else [])
+    per: dict[str, list[dict]] = {name: [] for name in names}
     kept: list[Example] = []
+    extra = int(warm_start)  # one more observed step: the history of the earlier forecast
     for ep in episodes:
-        for current in range(s - 1, len(ep.rgb) - h, stride):
-            win = make_window(ep, current, s, h, points, cfg, rng, temperature=0.0)
+        for current in range(s - 1 + extra, len(ep.rgb) - h, stride):
+            win = make_window(ep, current, s + extra, h, points, cfg, rng, temperature=0.0)
             if win is None:
                 continue
-            hist, obs = win.pos[:, :s], win.visible[:, :s]
-            gt, vis = win.pos[:, s:], win.visible[:, s:]
-            forecasts = {
-                "arfm": forecast_window(model, sampler, win.image, hist, obs, gen),
-                **baselines(hist, obs, h),
-            }
+            hist, obs = win.pos[:, extra : s + extra], win.visible[:, extra : s + extra]
+            gt, vis = win.pos[:, s + extra :], win.visible[:, s + extra :]
+            cold = forecast_window(model, sampler, win.image, hist, obs, gen)
+            forecasts = {"arfm": cold, **baselines(hist, obs, h)}
+            if warm_start:
+                image = image_tensor(ep.rgb[current - 1], cfg.image_size)
+                earlier = forecast_window(model, sampler, image, win.pos[:, :s], win.visible[:, :s], gen)
+                warm = aligned_warm(earlier)
+                forecasts["arfm"] = forecast_window(model, sampler, win.image, hist, obs, gen, warm)
+                forecasts["arfm_cold"] = cold
             for name, pred in forecasts.items():
                 per[name].append(example_metrics(pred, gt, vis, hist[:, -1], moving_px))
             if (
