@@ -43,9 +43,10 @@ def initial_state(h0_noise: torch.Tensor, seed_noise: torch.Tensor) -> tuple[tor
 
 def split_edges(a: torch.Tensor, layout: Layout, thresh: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Tile-layout affinities (B, T, Q, P²+G) -> excitatory and inhibitory weights, zero off the graph."""
-    av = a.masked_fill(~edge_mask(layout).unsqueeze(0), 0.5)  # 0.5 is in neither graph
-    exc = av * (av > thresh)
-    inh = (1.0 - av) * (av < 1.0 - thresh)
+    valid = edge_mask(layout).unsqueeze(0)
+    zero = a.new_zeros(())
+    exc = torch.where(valid & (a > thresh), a, zero)
+    inh = torch.where(valid & (a < 1.0 - thresh), 1.0 - a, zero)
     return exc, inh
 
 

@@ -79,19 +79,23 @@ def refine_upsample(
     if len(ys) == 0:
         return near
     cell = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)  # (h, w, 3) means
-    cy, cx = (ys + 0.5) * h / H - 0.5, (xs + 0.5) * w / W - 0.5  # map coordinates of the frame pixels
+    cy = ((ys + 0.5) * h / H - 0.5).astype(np.float32)  # map coordinates of the frame pixels
+    cx = ((xs + 0.5) * w / W - 0.5).astype(np.float32)
     ny, nx = np.rint(cy).astype(np.int64), np.rint(cx).astype(np.int64)
     px = rgb[ys, xs].astype(np.float32)
     cands, weights = [], []
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
             yy, xx = np.clip(ny + dy, 0, h - 1), np.clip(nx + dx, 0, w - 1)
-            d2 = (yy - cy) ** 2 + (xx - cx) ** 2
+            d2 = (yy.astype(np.float32) - cy) ** 2 + (xx.astype(np.float32) - cx) ** 2
             c2 = ((px - cell[yy, xx]) ** 2).sum(-1)
-            weights.append(np.exp(-d2 / (2 * sigma_space**2) - c2 / (2 * sigma_color**2)))
+            weights.append(
+                np.exp(-d2 * np.float32(0.5 / sigma_space**2) - c2 * np.float32(0.5 / sigma_color**2))
+            )
             cands.append(labels[yy, xx])
     cand, wt = np.stack(cands), np.stack(weights)  # (9, P)
-    score = np.stack([(wt * (cand == cand[i])).sum(0) for i in range(len(cand))])
+    same = (cand[:, None] == cand[None, :]).astype(np.float32)  # (9, 9, P)
+    score = np.einsum("ijp,jp->ip", same, wt)  # summed weight of the candidates with the same label
     out = near.copy()
     out[ys, xs] = np.take_along_axis(cand, score.argmax(0)[None], 0)[0]
     return out
