@@ -163,8 +163,8 @@ def motion_segments(moving: np.ndarray, min_area: int = 4) -> np.ndarray:
     pushed apart from each other get different targets), regions under ``min_area`` pixels dropped (0)."""
     n, labels, stats, _ = cv2.connectedComponentsWithStats(moving.astype(np.uint8), connectivity=8)
     keep = np.zeros(n, np.uint8)
-    big = [k for k in range(1, n) if stats[k, cv2.CC_STAT_AREA] >= min_area]
-    keep[big[:254]] = np.arange(1, len(big[:254]) + 1)
+    big = [k for k in range(1, n) if stats[k, cv2.CC_STAT_AREA] >= min_area][:254]  # uint8 ids
+    keep[big] = np.arange(1, len(big) + 1)
     return keep[labels]
 
 
@@ -291,13 +291,14 @@ def bootstrap_targets(
     net: EisenNet,
     cfg: EisenConfig,
     pairs: PairData,
+    base: np.ndarray,
     purity: float,
     device: str,
     batch: int = 8,
-    base: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(P, h, w) uint8 target ids: ``base`` (default: 1 = moving) with every *confident* predicted segment
-    that lies mostly inside the motion mask (and leaves some of it) explained away with an id of its own.
+    """(P, h, w) uint8 target ids: ``base`` (the motion-region ids, ``initial_targets``) with every
+    *confident* predicted segment that lies mostly inside the motion (and leaves some of it) explained away
+    with an id of its own.
 
     Confident = stable: found again (IoU >= 0.7) by a second inference with other random draws (agent
     seeds, KProp start); fragments of a poorly learned object change between draws, a well-known object
@@ -305,7 +306,6 @@ def bootstrap_targets(
     net.eval()
     fast_cfg = dataclasses.replace(cfg, kprop_tol=max(cfg.kprop_tol, 4e-3))
     seg = EisenSegmenter(fast_cfg, net, early_exit=True).to(device).eval()
-    base = pairs.motion.astype(np.uint8) if base is None else base
     targets = base.copy()
     with torch.no_grad():
         for start in range(0, len(pairs.images), batch):
@@ -489,7 +489,7 @@ def train(tcfg: TrainConfig, progress: bool = True, pairs: PairData | None = Non
     t1 = time.perf_counter()
     while step < tcfg.steps:
         if round_ < len(boots) and step >= boots[round_]:
-            targets = bootstrap_targets(net, cfg, pairs, tcfg.bootstrap_purity, tcfg.device, base=base)
+            targets = bootstrap_targets(net, cfg, pairs, base, tcfg.bootstrap_purity, tcfg.device)
             round_ += 1
             log.info("bootstrapped targets (round %d): %.2f ids per frame", round_, _ids_per_frame(targets))
         loss = _step(
