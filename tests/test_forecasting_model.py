@@ -345,8 +345,8 @@ def test_reused_cache_buffers_give_the_same_samples_as_a_fresh_sampler():
 
 
 def test_fused_head_equals_the_flow_head():
+    from perception_nodes.forecasting.fused import FusedHead
     from perception_nodes.forecasting.network import NEG
-    from perception_nodes.forecasting.sampler import FusedHead
 
     model = _perturbed(ARFM(_tiny_official()), scale=0.2)  # 2 head layers, adaLN on time + conditioning
     head, d = model.head, model.cfg.head_hidden_size
@@ -362,3 +362,40 @@ def test_fused_head_equals_the_flow_head():
     fast = FusedHead(head)(base, noised, FusedHead.table(mods, d), mask)
     assert ref.abs().max() > 0.1  # a non-trivial velocity
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_folded_fusion_steps_equal_the_transformer_steps():
+    """FusedFusion (norms, attention scale and RoPE folded into the weights, flat per-sample KV buffer)
+    against FusionTransformer.step over several generated steps, with unseen history steps masked out and a
+    padded point slot."""
+    from perception_nodes.forecasting.fused import FusedFusion
+    from perception_nodes.forecasting.network import NEG
+
+    model = _perturbed(ARFM(small()), scale=0.2)
+    fusion, d = model.fusion, model.cfg.hidden_size
+    gen = torch.Generator().manual_seed(8)
+    k, p, s, h = 3, 7, 5, 4
+    x = torch.randn(1, p, s, d, generator=gen)
+    step_valid = torch.rand(1, p, s, generator=gen) > 0.3
+    step_valid[..., -1] = True
+    token_valid = torch.ones(1, p, dtype=torch.bool)
+    token_valid[0, -1] = False
+    _, cache = fusion.prefill(x, step_valid, token_valid, k, h)
+    folded = FusedFusion(fusion, cache.offset, h)
+    flat = folded.flat_cache(cache, k, h, None)
+    assert flat.mask is not None  # the masked history steps are in play
+    space_mask = torch.where(token_valid, 0.0, NEG)[:, None, None, :]
+    for i in range(h):
+        new = torch.randn(k, p, d, generator=gen)
+        ref, _ = fusion.step(new, cache, torch.tensor(i), token_valid)
+        fast = folded.step(new, flat, i, space_mask)
+        assert ref.abs().max() > 0.1
+        torch.testing.assert_close(fast, ref, atol=2e-5, rtol=1e-4)
+
+
+def test_fast_sampler_uses_the_folded_fusion_step_without_text():
+    model = _perturbed(ARFM(small()))
+    sampler = FastSampler(model, 4, 2, euler_steps=2)
+    assert sampler.prepare(_inputs(model, n=5, hist=3)).flat is not None
+    tiny = _perturbed(ARFM(_tiny_official()))  # a text prefix keeps the segmented cache
+    assert FastSampler(tiny, 4, 2).prepare(_inputs(tiny, n=5, hist=3)).flat is None

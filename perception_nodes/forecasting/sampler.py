@@ -11,9 +11,11 @@ Fast sampling (``FastSampler``):
   ``warm_start_steps`` Euler steps instead of integrating from noise (as the official robot pipeline does;
   default 1 step: on held-out sim windows as good as 2, and within 0.01 of the cold ratio to constant
   velocity);
-- the last step is not fused (its output would only condition a step beyond the horizon); on the CPU the
-  eager step attends only to the generated steps written so far, and the generated-steps KV buffer is
-  reused across calls with the same shapes (allocating and zeroing it cost as much as the prefill);
+- the last step is not fused (its output would only condition a step beyond the horizon);
+- eager (CPU) sampling runs the folded kernels of ``fused.py``: the flow head with its adaLN folded in, and
+  (models without text) the fusion step with norms, attention scale and RoPE folded into its weights,
+  reading a flat per-sample KV buffer up to the steps written so far; the buffers are reused across calls
+  with the same shapes (allocating and zeroing them cost as much as the prefill);
 - static shapes throughout (position index as a tensor), so a step can be captured in a CUDA graph or
   exported (``export.py``).
 
@@ -28,8 +30,8 @@ import dataclasses
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
+from perception_nodes.forecasting.fused import FlatCache, FusedFusion, FusedHead
 from perception_nodes.forecasting.network import ARFM, NEG, KVCache
 
 
@@ -50,62 +52,6 @@ def euler_times(t_start: float, t_end: float, steps: int) -> list[float]:
     return torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64).tolist()
 
 
-class FusedHead:
-    """The flow head with its per-Euler-time adaLN folded in, for eager sampling with a batch-shared
-    conditioning (``FastSampler``): per layer LayerNorm + modulate is one ``layer_norm`` with the modulation
-    as its affine, q/k/v and gate/up are one matmul each, and the gated residuals are ``addcmul``. Equal to
-    ``FlowHead.run`` up to float rounding, with about half the ops (the head runs once per Euler step)."""
-
-    def __init__(self, head):
-        self.head = head
-        self.eps = [layer.input_layernorm.eps for layer in head.layers]
-        self.final_eps = head.predictor.norm_final.eps
-        with torch.no_grad():
-            self.w_noise = head.feature_projection.weight[:, :2].t().contiguous()  # (2, D)
-            self.qkv = [
-                (
-                    torch.cat([p.weight for p in (a.q_proj, a.k_proj, a.v_proj)]),
-                    torch.cat([p.bias for p in (a.q_proj, a.k_proj, a.v_proj)]),
-                )
-                for a in (layer.self_attn for layer in head.layers)
-            ]
-            self.gate_up = [
-                (
-                    torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]),
-                    torch.cat([layer.mlp.gate_proj.bias, layer.mlp.up_proj.bias]),
-                )
-                for layer in head.layers
-            ]
-
-    @staticmethod
-    def table(mods: list[torch.Tensor], dim: int) -> list[list[torch.Tensor]]:
-        """adaLN parameters [(1, 1, 6D) per layer..., (1, 1, 2D)] of one Euler time -> per layer
-        [shift1, 1 + scale1, gate1, shift2, 1 + scale2, gate2] and [shift, 1 + scale] as (D,) vectors."""
-        out = []
-        for mod in mods:
-            parts = [m.reshape(dim) for m in mod.reshape(-1, dim).unbind(0)]
-            out.append([p + 1 if i % 3 == 1 else p for i, p in enumerate(parts)])
-        return out
-
-    def __call__(self, base: torch.Tensor, noised: torch.Tensor, table, mask) -> torch.Tensor:
-        """base (K, N, D), noised (K, N, 2), table from ``table``, mask additive (1, 1, 1, N) -> (K, N, 2)."""
-        k, n, d = base.shape
-        x = torch.addmm(base.reshape(k * n, d), noised.reshape(k * n, 2), self.w_noise).view(k, n, d)
-        for layer, mods, eps, (w_qkv, b_qkv), (w_gu, b_gu) in zip(
-            self.head.layers, table, self.eps, self.qkv, self.gate_up, strict=False
-        ):
-            sh1, sc1, g1, sh2, sc2, g2 = mods
-            attn = layer.self_attn
-            h = F.layer_norm(x, (d,), sc1, sh1, eps)
-            qkv = F.linear(h, w_qkv, b_qkv).view(k, n, 3, attn.heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-            y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask)  # (K, H, N, hd)
-            x = torch.addcmul(x, g1, attn.o_proj(y.transpose(1, 2).reshape(k, n, d)))
-            gate, up = F.linear(F.layer_norm(x, (d,), sc2, sh2, eps), w_gu, b_gu).chunk(2, dim=-1)
-            x = torch.addcmul(x, g2, layer.mlp.down_proj(F.silu(gate) * up))
-        shift, scale = table[-1]
-        return self.head.predictor.linear(F.layer_norm(x, (d,), scale, shift, self.final_eps))
-
-
 @dataclasses.dataclass
 class _State:
     """Buffers of one forecast (static shapes; reused across calls by the CUDA-graph sampler)."""
@@ -123,6 +69,8 @@ class _State:
     mods: dict[str, list[list[torch.Tensor]]]
     head: FusedHead | None = None  # eager fast path of the flow head (None: FlowHead.run)
     tables: dict[str, list[list[list[torch.Tensor]]]] | None = None  # its adaLN tables [time][layer]
+    flat: FlatCache | None = None  # eager fast path of the fusion step (None: FusionTransformer.step)
+    space_mask: torch.Tensor | None = None  # (1, 1, 1, P) additive for the flat path; None: all valid
 
 
 class FastSampler:
@@ -147,6 +95,8 @@ class FastSampler:
         }
         self.warm_start_t = warm_start_t
         self._own = None  # the generated-steps KV segment, reused by calls with the same shapes
+        self._flat: FlatCache | None = None  # the same for the flat path
+        self._fusion: dict[int, FusedFusion] = {}  # folded fusion weights per history length
 
     @torch.no_grad()
     def modulations(
@@ -179,10 +129,14 @@ class FastSampler:
         glob = model.global_tokens(inputs.tokens, torch.zeros(1, dtype=torch.bool, device=dev))[:, :, 0]
         prev = hist[:, :, -1] - hist[:, :, -2] if hist.shape[2] > 1 else torch.zeros_like(hist[:, :, -1])
         mods = {name: self.modulations(t, inputs.cond, hist) for name, t in self.times.items()}
-        head, tables = None, None
+        head, tables, flat, space_mask = None, None, None, None
         if self.fused_head:
             head, d = FusedHead(model.head), model.cfg.head_hidden_size
             tables = {name: [FusedHead.table(e, d) for e in rows] for name, rows in mods.items()}
+            if text is None:  # the flat KV layout holds the history only (a text prefix keeps the segments)
+                flat = self._flat = self._folded(cache.offset).flat_cache(cache, k, h, self._flat)
+                if not bool(token_valid.all()):
+                    space_mask = torch.where(token_valid, 0.0, NEG).to(dtype)[:, None, None, :]
         return _State(
             fmaps=list(inputs.fmaps),
             glob=glob.expand(k, -1, -1).contiguous(),
@@ -197,7 +151,16 @@ class FastSampler:
             mods=mods,
             head=head,
             tables=tables,
+            flat=flat,
+            space_mask=space_mask,
         )
+
+    def _folded(self, history: int) -> FusedFusion:
+        """The fusion transformer's decode weights folded for steps after ``history`` observed ones (built
+        once per history length; the model's weights must not change under a sampler)."""
+        if history not in self._fusion:
+            self._fusion[history] = FusedFusion(self.model.fusion, history, self.horizon)
+        return self._fusion[history]
 
     @torch.no_grad()
     def sample(
@@ -279,7 +242,10 @@ class FastSampler:
             state.fmaps, state.pos.reshape(1, k * n, 1, 2), observed, state.prev.reshape(1, k * n, 1, 2)
         )
         x_new = torch.cat((state.glob, pts.reshape(k, n, -1)), dim=1)
-        out, _ = model.fusion.step(x_new, state.cache, state.index, state.token_valid, limit=limit)
+        if state.flat is not None:
+            out = self._fusion[state.flat.history].step(x_new, state.flat, limit - 1, state.space_mask)
+        else:
+            out, _ = model.fusion.step(x_new, state.cache, state.index, state.token_valid, limit=limit)
         state.fused.copy_(out[:, state.glob.shape[1] :])
 
 
