@@ -176,3 +176,23 @@ def test_a_moving_camera_moves_the_background(episodes):
     assert not np.allclose(ep.cam_to_world[0], ep.cam_to_world[-1])
     bg = (ep.instance[:-1] == 0) & (ep.depth[:-1] > 0)
     assert np.nanmedian(np.linalg.norm(ep.flow[bg], axis=-1)) > 0.1
+
+
+def test_shoves_move_objects_the_pusher_leaves_still_and_change_nothing_else(episodes):
+    from perception_nodes.sim.world import generate_episode
+
+    ep = episodes[6]
+    shoved = generate_episode(dataclasses.replace(CFG, shove_prob=0.5), 6)
+    # the scene (objects, camera, first frame before any shove) is the same draw
+    assert np.array_equal(shoved.rgb[0], ep.rgb[0]) and list(shoved.object_ids) == list(ep.object_ids)
+    still = set(map(int, ep.object_ids)) - set(ep.moving_objects(0.001)) - {ep.pusher_id}
+    assert still
+    moved_now = set(shoved.moving_objects(0.005))
+    assert len(still & moved_now) >= len(still) - 1, (still, moved_now)  # they move on their own now
+
+
+def test_bad_shove_settings_are_rejected():
+    with pytest.raises(ValueError, match="shove_prob"):
+        SimConfig(shove_prob=1.5)
+    with pytest.raises(ValueError, match="shove_speed"):
+        SimConfig(shove_speed=(0.5, 0.1))

@@ -40,6 +40,16 @@ class SimConfig:
     camouflage_prob: float = field(
         default=0.25, metadata={"help": "probability that an object wears the table's texture"}
     )
+    shove_prob: float = field(
+        default=0.0,
+        metadata={
+            "help": "per object and frame, probability of a random horizontal shove, so that objects also "
+            "move on their own (motion for self-supervised segmentation); 0 = only the pusher moves them"
+        },
+    )
+    shove_speed: tuple[float, float] = field(
+        default=(0.2, 0.6), metadata={"help": "speed range of a shove (m/s)"}
+    )
     shadows: bool = field(default=True, metadata={"help": "render shadows from the key light"})
     texture_size: int = field(
         default=64, metadata={"help": "procedural texture resolution (pixels per side)"}
@@ -83,7 +93,9 @@ class SimConfig:
                 raise ValueError(f"{name} must be a range 0 < lo <= hi, got {(lo, hi)}")
         if self.fovy_deg[1] >= 120 or self.camera_elevation_deg[1] > 90:
             raise ValueError("fovy_deg must stay below 120 and camera_elevation_deg at most 90")
-        for name in ("camera_motion_prob", "camouflage_prob", "principal_jitter"):
+        if not 0 <= self.shove_speed[0] <= self.shove_speed[1] <= 5.0:
+            raise ValueError(f"shove_speed must be a range 0 <= lo <= hi <= 5 m/s, got {self.shove_speed}")
+        for name in ("camera_motion_prob", "camouflage_prob", "principal_jitter", "shove_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 8 <= self.texture_size <= 1024:

@@ -41,7 +41,8 @@ class World:
 
     def __init__(self, cfg: SimConfig, seed: int, render: bool = True):
         self.cfg, self.seed = cfg, int(seed)
-        scene_rng, self.script_rng, self.track_rng = seed_streams(seed, 3)
+        # a fourth stream for shoves: spawned children are fixed by index, so the first three are unchanged
+        scene_rng, self.script_rng, self.track_rng, self.shove_rng = seed_streams(seed, 4)
         self.scene: Scene = build_scene(cfg, scene_rng)
         self.model = self.scene.model
         self.data = mujoco.MjData(self.model)
@@ -71,6 +72,27 @@ class World:
         """Move the servo target at ``v_xyz`` (m/s) and ``yaw_rate`` (rad/s) until told otherwise."""
         self.velocity[:3] = np.asarray(v_xyz, dtype=np.float64)
         self.velocity[3] = float(yaw_rate)
+
+    def shove(self, object_id: int, velocity_xy, spin: float = 0.0) -> None:
+        """Set an object's horizontal velocity (m/s, world frame) and yaw rate (rad/s), as a sharp push."""
+        body = self.scene.body_of[object_id]
+        dof = int(self.model.jnt_dofadr[self.model.body_jntadr[body]])  # free joint: linear xyz, angular xyz
+        self.data.qvel[dof : dof + 2] = np.asarray(velocity_xy, dtype=np.float64)
+        self.data.qvel[dof + 5] = float(spin)
+
+    def shove_some(self) -> list[int]:
+        """Shove each object with probability ``cfg.shove_prob`` in a random direction; returns their ids."""
+        p, (lo, hi) = self.cfg.shove_prob, self.cfg.shove_speed
+        if p <= 0:
+            return []
+        shoved = []
+        for obj in self.scene.objects:
+            if self.shove_rng.random() < p:
+                angle, speed = self.shove_rng.uniform(0, 2 * np.pi), self.shove_rng.uniform(lo, hi)
+                direction = np.array([np.cos(angle), np.sin(angle)])
+                self.shove(obj.id, speed * direction, spin=self.shove_rng.normal(0, 2))
+                shoved.append(obj.id)
+        return shoved
 
     def pusher_contacts(self) -> set[int]:
         """Instance ids of objects the pusher touches now."""
@@ -244,6 +266,7 @@ def generate_episode(cfg: SimConfig, seed: int, timings: dict[str, float] | None
         frames = []
         for t in range(T):
             if t > 0:
+                world.shove_some()
                 world.step(1.0 / cfg.fps, controller=script)
             world.set_camera(*path.at(t / max(T - 1, 1)))
             clock.lap("physics")
