@@ -30,6 +30,16 @@ MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 K, N = 5, 100
 
 
+def _config():
+    """The shipped model's config (its JSON), else the ``small`` preset: shapes follow the weights."""
+    path = MODELS_DIR / "arfm_small.safetensors"
+    if path.exists():
+        from perception_nodes.forecasting.weights import read_config
+
+        return read_config(path)
+    return small()
+
+
 def _model() -> ARFM:
     path = MODELS_DIR / "arfm_small.safetensors"
     if path.exists():
@@ -129,7 +139,7 @@ def _shapes(cfg, sampling):
 
 
 def _inputs(kind: str) -> dict[str, np.ndarray]:
-    cfg, sampling = small(), ForecastingConfig().sampling
+    cfg, sampling = _config(), ForecastingConfig().sampling
     rng = np.random.default_rng(0)
     p, heads, hd, lt, s, gen = _shapes(cfg, sampling)
     h4 = cfg.image_size // 4
@@ -176,7 +186,7 @@ def _inputs(kind: str) -> dict[str, np.ndarray]:
 def _spec(name: str, graph: type[nn.Module], kind: str, outputs: list[str]):
     return ExportSpec(
         name=name,
-        config=small(),
+        config=_config(),
         build=lambda: graph(_model()).eval(),
         example_inputs=lambda: _inputs(kind),
         output_names=outputs,
