@@ -1,6 +1,7 @@
 """CPU benchmark of EISEN segmentation; prints figures (and writes JSON with --json PATH).
 
-    python bench/bench_segmentation.py [--threads 1] [--frames 10] [--skip-reference] [--json out.json]
+    python bench/bench_segmentation.py [--threads 1] [--frames 10] [--official-reps 3] [--skip-reference]
+                                       [--json out.json]
 
 1. ``small`` at 256² (shipped weights when present): latency per frame of the streaming component
    (resize, network, affinities, KProp, competition, connected components, stable ids, statistics), for
@@ -88,6 +89,15 @@ def bench_small(args) -> dict:
     return out
 
 
+def _median_ms(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
 @torch.inference_mode()
 def bench_official(args) -> dict:
     torch.manual_seed(0)
@@ -107,19 +117,17 @@ def bench_official(args) -> dict:
     )
     for name, dtype, tol in variants:
         variant = EisenSegmenter(dataclasses.replace(cfg, kprop_dtype=dtype, kprop_tol=tol), seg.net, tol > 0)
-        t0 = time.perf_counter()
-        variant(image, *noise.values())
-        out[f"{name}_ms"] = (time.perf_counter() - t0) * 1e3
+        out[f"{name}_ms"] = _median_ms(lambda v=variant: v(image, *noise.values()), args.official_reps)
         print(
-            f"official 512² {name}: {out[f'{name}_ms']:.0f} ms (backbone {out['backbone_ms']:.0f} ms)",
+            f"official 512² {name}: {out[f'{name}_ms']:.0f} ms (median of {args.official_reps}; "
+            f"backbone {out['backbone_ms']:.0f} ms)",
             flush=True,
         )
     if args.skip_reference:
         return out
-    t0 = time.perf_counter()
-    segment_reference(seg.net, image, cfg, seed=0)
-    out["reference_ms"] = (time.perf_counter() - t0) * 1e3
-    print(f"official 512² reference path: {out['reference_ms']:.0f} ms", flush=True)
+    reps = max(1, args.official_reps // 2)
+    out["reference_ms"] = _median_ms(lambda: segment_reference(seg.net, image, cfg, seed=0), reps)
+    print(f"official 512² reference path: {out['reference_ms']:.0f} ms (median of {reps})", flush=True)
     for name, _, _ in variants:
         total = out["reference_ms"] / out[f"{name}_ms"]
         after = (out["reference_ms"] - out["backbone_ms"]) / max(out[f"{name}_ms"] - out["backbone_ms"], 1e-6)
@@ -134,6 +142,9 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=10)
     parser.add_argument("--tol", type=float, default=4e-3, help="early-exit tolerance (mean state change)")
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument(
+        "--official-reps", type=int, default=3, help="official runs per fast variant (reference: half)"
+    )
     parser.add_argument("--skip-official", action="store_true")
     parser.add_argument("--skip-small", action="store_true")
     parser.add_argument("--json", default="")

@@ -170,3 +170,21 @@ def test_kl_loss_matches_official_formula_on_sample_layout():
     kl = (F.kl_div(y_pred, y_true, reduction="none") * mask).sum(-1)
     theirs = kl.sum() / mask.sum()
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_pass_transposed_edge_split_equals_split_then_transpose(dtype):
+    from perception_nodes.segmentation.kprop import split_edges, split_edges_t
+
+    torch.manual_seed(3)
+    layout = _layout()
+    key, query = torch.randn(2, 16, layout.h, layout.w), torch.randn(2, 16, layout.h, layout.w)
+    a = aff.softmax_max_norm(aff.affinity_logits(key, query, layout))  # batch 2: the mask repeats per image
+    exc_t, inh_t = split_edges_t(a, layout, 0.5, dtype)
+    B, T, Q, S = a.shape
+    for fast, ref in zip((exc_t, inh_t), split_edges(a, layout, 0.5), strict=True):
+        assert fast.dtype == dtype and fast.is_contiguous() and fast.shape == (B * T, S, Q)
+        expect = ref.reshape(B * T, Q, S).transpose(1, 2).to(dtype)
+        assert (expect != 0).any() and (expect == 0).any()
+        exact = dtype == torch.float32  # bf16: 1 - round(a) vs round(1 - a), one bf16 step apart at most
+        torch.testing.assert_close(fast, expect, atol=0 if exact else 2**-8, rtol=0 if exact else 2**-7)

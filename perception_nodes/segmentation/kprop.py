@@ -50,6 +50,25 @@ def split_edges(a: torch.Tensor, layout: Layout, thresh: float) -> tuple[torch.T
     return exc, inh
 
 
+def split_edges_t(
+    a: torch.Tensor, layout: Layout, thresh: float, wdt: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``split_edges`` (eager), transposed to (B·T, P²+G, Q) with senders last and cast to the matmul dtype
+    ``wdt`` in one pass per graph: the official map's weights are 92 MB per graph in fp32, and every extra
+    full-size temporary (mask, transposed copy, cast) costs a fresh allocation's page faults."""
+    B, T, Q, S = (int(s) for s in a.shape)
+    a_t = a.reshape(B * T, Q, S).transpose(1, 2)
+    valid = edge_mask(layout).transpose(1, 2)  # (T, P²+G, Q)
+    if B > 1:
+        valid = valid.repeat(B, 1, 1)
+    src = a_t.to(wdt)  # keeps the transposed strides
+    exc_t = torch.empty((B * T, S, Q), dtype=wdt, device=a.device)
+    torch.where(valid & (a_t > thresh), src, src.new_zeros(()), out=exc_t)
+    inh_t = torch.empty_like(exc_t)
+    torch.where(valid & (a_t < 1.0 - thresh), src, src.new_ones(()), out=inh_t)
+    return exc_t, inh_t.neg_().add_(1.0)  # 1 - a on the graph, 1 - 1 = 0 off it
+
+
 def _fold(y: torch.Tensor, layout: Layout) -> torch.Tensor:
     """Halo sums (B, T, P², C) -> per-node sums (B, T, Q, C): add every halo block at its place.
 
@@ -105,10 +124,20 @@ def _scatter_columns(y: torch.Tensor, layout: Layout) -> torch.Tensor:
     return out.view(B, N + 1, C)[:, :N].reshape(B, T, layout.nodes_per_tile, C)
 
 
-def _aggregate(w_t: torch.Tensor, x: torch.Tensor, layout: Layout) -> torch.Tensor:
-    """Receiver sums of w-weighted sender rows. w_t: (B·T, P²+G, Q) transposed weights, x: (B, T, Q, C)."""
+def _aggregate(w_t: torch.Tensor, x: torch.Tensor, layout: Layout, ws: dict | None = None) -> torch.Tensor:
+    """Receiver sums of w-weighted sender rows. w_t: (B·T, P²+G, Q) transposed weights, x: (B, T, Q, C).
+    ``ws`` (eager): buffers reused across iterations for the (B·T, P²+G, C) products (46 MB per product on
+    the official map: allocated anew, their page faults cost as much as the matmul itself)."""
     B, T, Q, C = (int(s) for s in x.shape)
-    y = torch.bmm(w_t, x.reshape(B * T, Q, C).to(w_t.dtype)).to(x.dtype).reshape(B, T, -1, C)
+    xin = x.reshape(B * T, Q, C).to(w_t.dtype)
+    if ws is None:
+        y = torch.bmm(w_t, xin).to(x.dtype).reshape(B, T, -1, C)
+    else:
+        y = _buffer(ws, (B * T, w_t.shape[1], C), w_t.dtype, w_t.device)
+        torch.bmm(w_t, xin, out=y)
+        if y.dtype != x.dtype:
+            y = _buffer(ws, tuple(y.shape), x.dtype, x.device).copy_(y)
+        y = y.view(B, T, -1, C)
     if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
         return _scatter_columns(y, layout)
     P2 = layout.halo * layout.halo
@@ -116,6 +145,13 @@ def _aggregate(w_t: torch.Tensor, x: torch.Tensor, layout: Layout) -> torch.Tens
     if layout.num_global:
         out = out + _global_sum(y[:, :, P2:], layout)
     return out
+
+
+def _buffer(ws: dict, shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
+    key = (shape, dtype)
+    if key not in ws:
+        ws[key] = torch.empty(shape, dtype=dtype, device=device)
+    return ws[key]
 
 
 def _receivers(act: torch.Tensor, layout: Layout) -> torch.Tensor:
@@ -150,25 +186,29 @@ def kprop_fast(
     once all nodes are active and the mean absolute change of the state over one iteration is below ``tol``.
     """
     B, T, Q = (int(s) for s in a.shape[:3])
-    exc, inh = split_edges(a, layout, thresh)
     wdt = _DTYPES[dtype] if a.dtype == torch.float32 else a.dtype
-    exc_t = exc.reshape(B * T, Q, -1).transpose(1, 2).to(wdt).contiguous()  # (B·T, P²+G, Q) senders last
-    inh_t = inh.reshape(B * T, Q, -1).transpose(1, 2).to(wdt).contiguous()
+    eager = not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or _capturing())
+    if eager:
+        exc_t, inh_t = split_edges_t(a, layout, thresh, wdt)  # (B·T, P²+G, Q) senders last
+    else:
+        exc, inh = split_edges(a, layout, thresh)
+        exc_t = exc.reshape(B * T, Q, -1).transpose(1, 2).to(wdt).contiguous()
+        inh_t = inh.reshape(B * T, Q, -1).transpose(1, 2).to(wdt).contiguous()
+    ws = {} if eager else None
     h_map = h0.transpose(1, 2).reshape(B, -1, layout.h, layout.w)
     h = map_to_tiles(h_map, layout.tile)  # (B, T, Q, D)
     act = map_to_tiles(act0.reshape(B, 1, layout.h, layout.w), layout.tile)[..., 0]  # (B, T, Q)
-    eager = not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or _capturing())
     norms = None  # (norm_e, norm_i) once every node is active (eager only: a host check per iteration)
     for it in range(iters):
         prev = h
         if norms is None:
-            h, norms_now = _propagate(h, act, exc_t, inh_t, layout)
+            h, norms_now = _propagate(h, act, exc_t, inh_t, layout, ws)
             act_next = torch.maximum(act, _receivers(act, layout))
             if eager and bool(act.min() > 0):
                 norms = norms_now  # all senders were active: the normalisers no longer change
             act = act_next
         else:
-            h = _propagate_active(h, exc_t, inh_t, layout, *norms)
+            h = _propagate_active(h, exc_t, inh_t, layout, *norms, ws=ws)
         if tol > 0 and it % 5 == 4 and bool(act.min() > 0) and float((h - prev).abs().mean()) < tol:
             break
     return tiles_to_map(h, layout.h, layout.w, layout.tile).permute(0, 2, 3, 1)
@@ -178,23 +218,23 @@ def _capturing() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
-def _propagate(h, act, exc_t, inh_t, layout):
+def _propagate(h, act, exc_t, inh_t, layout, ws=None):
     """One iteration with active-sender masking; also returns the (excitatory, inhibitory) normalisers."""
     D = int(h.shape[-1])
     a1 = act.unsqueeze(-1)
-    agg = _aggregate(exc_t, torch.cat([h * a1, a1], dim=-1), layout)
+    agg = _aggregate(exc_t, torch.cat([h * a1, a1], dim=-1), layout, ws)
     norm_e = agg[..., D:].clamp(min=1.0)
     h = h + agg[..., :D] / norm_e
-    agg = _aggregate(inh_t, torch.cat([h * a1, a1], dim=-1), layout)
+    agg = _aggregate(inh_t, torch.cat([h * a1, a1], dim=-1), layout, ws)
     norm_i = agg[..., D:].clamp(min=1.0)
     h = h - agg[..., :D] / norm_i
     return relu_norm(h), (norm_e, norm_i)
 
 
-def _propagate_active(h, exc_t, inh_t, layout, norm_e, norm_i):
+def _propagate_active(h, exc_t, inh_t, layout, norm_e, norm_i, ws=None):
     """One iteration once every node is active (the same arithmetic without the activity channel)."""
-    h = h + _aggregate(exc_t, h, layout) / norm_e
-    h = h - _aggregate(inh_t, h, layout) / norm_i
+    h = h + _aggregate(exc_t, h, layout, ws) / norm_e
+    h = h - _aggregate(inh_t, h, layout, ws) / norm_i
     return relu_norm(h)
 
 
