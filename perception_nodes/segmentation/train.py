@@ -92,6 +92,10 @@ class TrainConfig:
     sim_episodes: int = dataclasses.field(default=80, metadata={"help": "sim episodes to generate (no bags)"})
     sim_frames: int = dataclasses.field(default=24, metadata={"help": "frames per generated episode"})
     sim_seed: int = dataclasses.field(default=1000, metadata={"help": "seed of the first generated episode"})
+    sim_shove_prob: float = dataclasses.field(
+        default=0.15,
+        metadata={"help": "per object and frame, probability of a random shove (objects move on their own)"},
+    )
     bags: tuple[str, ...] = dataclasses.field(default=(), metadata={"help": "sim bags to train on instead"})
     seed: int = dataclasses.field(default=0, metadata={"help": "training seed"})
     device: str = dataclasses.field(default="cpu", metadata={"help": "cpu or cuda"})
@@ -214,7 +218,14 @@ def sim_episodes(tcfg: TrainConfig, cfg: EisenConfig, seeds=None):
     from perception_nodes.sim.config import SimConfig
 
     H, W = cfg.input_size
-    scfg = SimConfig(width=W, height=H, frames=tcfg.sim_frames, camera_motion_prob=0.0, num_tracks=0)
+    scfg = SimConfig(
+        width=W,
+        height=H,
+        frames=tcfg.sim_frames,
+        camera_motion_prob=0.0,
+        num_tracks=0,
+        shove_prob=tcfg.sim_shove_prob,
+    )
     for seed in seeds if seeds is not None else range(tcfg.sim_seed, tcfg.sim_seed + tcfg.sim_episodes):
         yield generate_episode(scfg, seed)
 
