@@ -39,7 +39,9 @@ class TrainConfig:
     model: str = field(default="small", metadata={"help": "ARFM config name (small, official)"})
     steps: int = field(default=3000, metadata={"help": "optimiser steps"})
     batch_size: int = field(default=4, metadata={"help": "examples per step"})
-    points: int = field(default=32, metadata={"help": "points per example"})
+    points: int = field(
+        default=100, metadata={"help": "points per example (train with the count you forecast)"}
+    )
     history: int = field(default=8, metadata={"help": "observed steps per example"})
     horizon: int = field(default=15, metadata={"help": "future steps per example"})
     lr: float = field(default=5e-4, metadata={"help": "peak AdamW learning rate"})
