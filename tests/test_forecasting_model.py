@@ -399,3 +399,18 @@ def test_fast_sampler_uses_the_folded_fusion_step_without_text():
     assert sampler.prepare(_inputs(model, n=5, hist=3)).flat is not None
     tiny = _perturbed(ARFM(_tiny_official()))  # a text prefix keeps the segmented cache
     assert FastSampler(tiny, 4, 2).prepare(_inputs(tiny, n=5, hist=3)).flat is None
+
+
+def test_folded_point_tokens_equal_the_model_point_tokens_for_generated_steps():
+    from perception_nodes.forecasting.fused import FusedPointTokens
+
+    model = _perturbed(ARFM(dataclasses.replace(small(), displacement_scale=2.5)), scale=0.2)
+    gen = torch.Generator().manual_seed(9)
+    fmaps = [torch.randn(1, model.cfg.feature_dim, 32, 32, generator=gen)]
+    pos = torch.rand(40, 2, generator=gen) * 260 - 2  # some just outside the frame (border padding)
+    prev = torch.randn(40, 2, generator=gen) * 3
+    observed = torch.zeros(1, 40, 1, dtype=torch.bool)
+    ref = model.point_tokens(fmaps, pos.view(1, 40, 1, 2), observed, prev.view(1, 40, 1, 2))[0, :, 0]
+    fast = FusedPointTokens(model)(fmaps, pos, prev)
+    assert ref.abs().max() > 0.1
+    torch.testing.assert_close(fast, ref, atol=2e-5, rtol=1e-4)

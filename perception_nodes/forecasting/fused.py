@@ -14,6 +14,7 @@ On a CPU a ``small`` forecast update is thousands of tiny ops, so op count, not 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +85,41 @@ def attend(qkv: torch.Tensor, mask: torch.Tensor | None, scale: float | None = N
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, hd)
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     return y.transpose(1, 2).reshape(b, n, heads * hd)
+
+
+class FusedPointTokens:
+    """``ARFM.point_tokens`` for generated steps (never observed) with its constants folded: the 'unobserved'
+    embedding and the displacement scale go into the projection, the Fourier frequencies are kept, and the
+    inputs are one concatenation and one matmul. Equal to ``point_tokens`` up to float rounding."""
+
+    def __init__(self, model):
+        cfg, proj = model.cfg, model.point_projection
+        self.cfg, self.fourier = cfg, 4 * cfg.num_fourier_bands if cfg.use_position_input else 0
+        with torch.no_grad():
+            w = proj.weight.clone()  # (D, in): [fourier | features | displacement]
+            feats = slice(self.fourier, self.fourier + cfg.feature_dim)
+            self.bias = proj.bias + w[:, feats] @ model.point_observed_embedding.weight[0]
+            if cfg.use_motion_input:
+                w[:, feats.stop :] /= cfg.displacement_scale
+            self.weight_t = w.t().contiguous()
+        bands = torch.arange(cfg.num_fourier_bands, dtype=torch.float32)
+        self.freqs = (2.0**bands) * math.pi / cfg.coord_size  # (bands,) radians per model pixel
+
+    def __call__(self, fmaps: list[torch.Tensor], pos: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+        """fmaps [(1, C, h, w)], pos / prev (M, 2) model frame / model pixels -> tokens (M, D)."""
+        cfg, m = self.cfg, pos.shape[0]
+        grid = pos.mul(2.0 / cfg.coord_size).sub_(1.0).view(1, m, 1, 2)
+        feats = [
+            F.grid_sample(f, grid, mode=cfg.feature_sampling, padding_mode="border", align_corners=False)
+            for f in fmaps
+        ]  # [(1, C_i, M, 1)]
+        parts = [f.view(f.shape[1], m).t() for f in feats]
+        if self.fourier:
+            ang = pos.unsqueeze(-1) * self.freqs.to(pos.dtype)  # (M, 2, bands)
+            parts.insert(0, torch.cat((ang.sin(), ang.cos()), dim=-1).view(m, self.fourier))
+        if cfg.use_motion_input:
+            parts.append(prev)
+        return torch.addmm(self.bias, torch.cat(parts, dim=1), self.weight_t)
 
 
 @dataclasses.dataclass

@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import torch
 
-from perception_nodes.forecasting.fused import FlatCache, FusedFusion, FusedHead
+from perception_nodes.forecasting.fused import FlatCache, FusedFusion, FusedHead, FusedPointTokens
 from perception_nodes.forecasting.network import ARFM, NEG, KVCache
 
 
@@ -71,6 +71,7 @@ class _State:
     tables: dict[str, list[list[list[torch.Tensor]]]] | None = None  # its adaLN tables [time][layer]
     flat: FlatCache | None = None  # eager fast path of the fusion step (None: FusionTransformer.step)
     space_mask: torch.Tensor | None = None  # (1, 1, 1, P) additive for the flat path; None: all valid
+    points: FusedPointTokens | None = None  # eager point tokens of generated steps (None: ARFM.point_tokens)
 
 
 class FastSampler:
@@ -97,6 +98,7 @@ class FastSampler:
         self._own = None  # the generated-steps KV segment, reused by calls with the same shapes
         self._flat: FlatCache | None = None  # the same for the flat path
         self._fusion: dict[int, FusedFusion] = {}  # folded fusion weights per history length
+        self._points: FusedPointTokens | None = None
         self._head_cache: dict = {}  # (dtype, device) -> adaLN tables and fused head without conditioning
 
     @torch.no_grad()
@@ -151,7 +153,16 @@ class FastSampler:
             tables=tables,
             flat=flat,
             space_mask=space_mask,
+            points=self._point_tokens(dtype, dev) if self.fused_head else None,
         )
+
+    def _point_tokens(self, dtype, device) -> FusedPointTokens | None:
+        """Folded point-token lookup for generated steps (built once; float32 on the CPU only)."""
+        if dtype != torch.float32 or device.type != "cpu":
+            return None
+        if self._points is None:
+            self._points = FusedPointTokens(self.model)
+        return self._points
 
     def _head_setup(self, cond: torch.Tensor | None, like: torch.Tensor):
         """Flow-head adaLN parameters per schedule and Euler time, and (eager) the fused head and its tables;
@@ -252,10 +263,13 @@ class FastSampler:
         if not fuse:
             return
         k, n, _ = disp.shape
-        observed = torch.zeros(1, k * n, 1, dtype=torch.bool, device=disp.device)
-        pts = model.point_tokens(
-            state.fmaps, state.pos.reshape(1, k * n, 1, 2), observed, state.prev.reshape(1, k * n, 1, 2)
-        )
+        if state.points is not None:
+            pts = state.points(state.fmaps, state.pos.view(k * n, 2), state.prev.view(k * n, 2))
+        else:
+            observed = torch.zeros(1, k * n, 1, dtype=torch.bool, device=disp.device)
+            pts = model.point_tokens(
+                state.fmaps, state.pos.reshape(1, k * n, 1, 2), observed, state.prev.reshape(1, k * n, 1, 2)
+            )
         x_new = torch.cat((state.glob, pts.reshape(k, n, -1)), dim=1)
         if state.flat is not None:
             out = self._fusion[state.flat.history].step(x_new, state.flat, limit - 1, state.space_mask)
