@@ -9,6 +9,8 @@ On a CPU a ``small`` forecast update is thousands of tiny ops, so op count, not 
   step's weights, so a time layer needs no rotation ops. The causal time layers read a flat per-sample KV
   buffer ``FlatCache`` (the observed history copied per sample, then the generated steps) with two batched
   matmuls, instead of one einsum per cache segment.
+- ``FusedPointTokens``: the point tokens of generated steps (never observed), with the constant embedding
+  and the displacement scale folded into one projection matmul.
 """
 
 from __future__ import annotations

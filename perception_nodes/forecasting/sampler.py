@@ -12,8 +12,9 @@ Fast sampling (``FastSampler``):
   default 1 step: on held-out sim windows as good as 2, and within 0.01 of the cold ratio to constant
   velocity);
 - the last step is not fused (its output would only condition a step beyond the horizon);
-- eager (CPU) sampling runs the folded kernels of ``fused.py``: the flow head with its adaLN folded in, and
-  (models without text) the fusion step with norms, attention scale and RoPE folded into its weights,
+- eager (CPU) sampling runs the folded kernels of ``fused.py``: the flow head with its adaLN folded in, the
+  point tokens of generated steps as one matmul, and (models without text) the fusion step with norms,
+  attention scale and RoPE folded into its weights,
   reading a flat per-sample KV buffer up to the steps written so far; the buffers are reused across calls
   with the same shapes (allocating and zeroing them cost as much as the prefill);
 - static shapes throughout (position index as a tensor), so a step can be captured in a CUDA graph or
