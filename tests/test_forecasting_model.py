@@ -414,3 +414,15 @@ def test_folded_point_tokens_equal_the_model_point_tokens_for_generated_steps():
     fast = FusedPointTokens(model)(fmaps, pos, prev)
     assert ref.abs().max() > 0.1
     torch.testing.assert_close(fast, ref, atol=2e-5, rtol=1e-4)
+
+
+def test_folded_kernels_build_on_the_modules_device():
+    """No CPU-only constants: on a GPU the eager sampler folds the weights where they live (the meta device
+    stands in for CUDA here)."""
+    from perception_nodes.forecasting.fused import FusedFusion, FusedHead, FusedPointTokens
+
+    with torch.device("meta"):
+        model = ARFM(small())
+    folded = FusedFusion(model.fusion, 8, 4)
+    assert folded.eye.is_meta and all(w.is_meta for w, _ in folded.layers[0]["qkv"])
+    assert FusedPointTokens(model).freqs.is_meta and FusedHead(model.head).w_noise.is_meta

@@ -104,7 +104,7 @@ class FusedPointTokens:
             if cfg.use_motion_input:
                 w[:, feats.stop :] /= cfg.displacement_scale
             self.weight_t = w.t().contiguous()
-        bands = torch.arange(cfg.num_fourier_bands, dtype=torch.float32)
+        bands = torch.arange(cfg.num_fourier_bands, dtype=torch.float32, device=proj.weight.device)
         self.freqs = (2.0**bands) * math.pi / cfg.coord_size  # (bands,) radians per model pixel
 
     def __call__(self, fmaps: list[torch.Tensor], pos: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
@@ -156,7 +156,8 @@ class FusedFusion:
     def __init__(self, fusion: FusionTransformer, first_position: int, horizon: int):
         cfg = fusion.cfg
         self.heads, self.head_dim, self.dim = cfg.num_heads, fusion.head_dim, cfg.hidden_size
-        self.eye = torch.eye(self.heads).reshape(self.heads, self.heads, 1)
+        like = fusion.norm.weight  # constants on the weights' device and dtype
+        self.eye = torch.eye(self.heads, dtype=like.dtype, device=like.device).view(self.heads, self.heads, 1)
         self.eps = cfg.norm_eps
         self.final = fusion.norm.weight
         self.layers = []
@@ -171,7 +172,7 @@ class FusedFusion:
         w_q, b_q = a.q_proj.weight * scale, a.q_proj.bias * scale
         w_k, b_k, w_v, b_v = a.k_proj.weight, a.k_proj.bias, a.v_proj.weight, a.v_proj.bias
         if layer.time:  # per future step: rotate the q/k rows by RoPE at that step's position
-            rots = [_rope_matrix(first + i, self.heads, self.head_dim, theta) for i in range(horizon)]
+            rots = [_rope_matrix(first + i, self.heads, self.head_dim, theta).to(w_q) for i in range(horizon)]
             qkv = [
                 (
                     torch.cat((r @ w_q, r @ w_k, w_v)) * g_in,
