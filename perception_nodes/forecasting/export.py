@@ -27,25 +27,24 @@ except ImportError:  # pragma: no cover - the inference layer is part of the pac
     ExportSpec = None  # type: ignore[assignment,misc]
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+SHIPPED = MODELS_DIR / "arfm_small.safetensors"
 K, N = 5, 100
 
 
 def _config():
     """The shipped model's config (its JSON), else the ``small`` preset: shapes follow the weights."""
-    path = MODELS_DIR / "arfm_small.safetensors"
-    if path.exists():
+    if SHIPPED.exists():
         from perception_nodes.forecasting.weights import read_config
 
-        return read_config(path)
+        return read_config(SHIPPED)
     return small()
 
 
 def _model() -> ARFM:
-    path = MODELS_DIR / "arfm_small.safetensors"
-    if path.exists():
+    if SHIPPED.exists():
         from perception_nodes.forecasting.weights import load_model
 
-        return load_model(path)
+        return load_model(SHIPPED)
     torch.manual_seed(0)
     model = ARFM(small())
     with torch.no_grad():  # non-zero head output so parity is tested on real numbers
