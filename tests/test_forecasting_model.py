@@ -117,7 +117,13 @@ def test_causality_future_steps_never_change_earlier_outputs(make_cfg):
         assert (changed[:, :, s:] - base[:, :, s:]).abs().max() > 1e-3  # and does change the present
 
 
-@pytest.mark.parametrize("make_cfg", [small, _tiny_official], ids=["small", "official-layout"])
+def _residual():
+    return dataclasses.replace(small(), residual_motion=True)
+
+
+@pytest.mark.parametrize(
+    "make_cfg", [small, _tiny_official, _residual], ids=["small", "official-layout", "residual"]
+)
 def test_kv_cache_sampling_equals_no_cache_sampling(make_cfg):
     model = _perturbed(ARFM(make_cfg()))
     inp = _inputs(model, n=9, hist=4, seed=3)
@@ -128,6 +134,18 @@ def test_kv_cache_sampling_equals_no_cache_sampling(make_cfg):
     assert fast.shape == (k, 9, h, 2)
     assert (fast - inp.history[:, :, -1:]).abs().max() > 1.0  # the forecast moves: the test is not vacuous
     torch.testing.assert_close(fast, ref, atol=2e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_a_zero_flow_forecasts_constant_velocity_with_residual_motion_else_a_standstill(residual):
+    model = ARFM(dataclasses.replace(small(), residual_motion=residual)).eval()  # DiT init: velocity 0
+    inp = _inputs(model, n=4, hist=3)
+    noise = torch.zeros(2, 5, 4, 2)
+    last, vel = inp.history[0, :, -1], inp.history[0, :, -1] - inp.history[0, :, -2]  # (N, 2)
+    steps = torch.arange(1, 6, dtype=torch.float32)[:, None, None]  # (H, 1, 1)
+    want = (last + steps * vel * float(residual)).transpose(0, 1)  # (N, H, 2)
+    for got in (FastSampler(model, 5, 2).sample(inp, noise), sample_no_cache(model, inp, noise)):
+        torch.testing.assert_close(got, want.expand(2, -1, -1, -1), atol=1e-4, rtol=1e-5)
 
 
 def test_warm_start_is_refined_from_previous_forecast():

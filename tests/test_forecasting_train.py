@@ -53,7 +53,8 @@ def test_training_smoke_run_lowers_the_loss(tmp_path):
     ).batch()
     torch.manual_seed(CFG.seed)
     before = _fixed_loss(ARFM(small()), probe, CFG)  # train() builds the same initial model (same seed)
-    summary = train(clips, CFG, tmp_path / "m.safetensors", progress=False)
+    # 120 steps: the residual-motion target starts closer to its noise floor than a displacement does
+    summary = train(clips, dataclasses.replace(CFG, steps=120), tmp_path / "m.safetensors", progress=False)
     after = _fixed_loss(load_model(tmp_path / "m.safetensors"), probe, CFG)
     assert summary["loss_last"] < summary["loss_first"]
     assert after < 0.7 * before, (before, after)

@@ -75,6 +75,13 @@ class _State:
     points: FusedPointTokens | None = None  # eager point tokens of generated steps (None: ARFM.point_tokens)
 
 
+def to_displacement(x: torch.Tensor, prev: torch.Tensor, cfg) -> torch.Tensor:
+    """The flow's variable x -> a step's displacement (model pixels); prev: the step before's displacement
+    (used with ``cfg.residual_motion``). Any shape, x and prev alike."""
+    disp = x if cfg.displacement_scale == 1.0 else x * cfg.displacement_scale
+    return disp + prev if cfg.residual_motion else disp
+
+
 class FastSampler:
     """KV-cached, K-batched, few-step sampler with warm start."""
 
@@ -239,8 +246,11 @@ class FastSampler:
         if schedule == "cold":
             state.x0.copy_(noise)
             return
-        scale = self.model.cfg.displacement_scale
-        guess = torch.where(torch.isfinite(warm[:, :, step]), warm[:, :, step], state.prev) / scale
+        cfg = self.model.cfg
+        guess = torch.where(torch.isfinite(warm[:, :, step]), warm[:, :, step], state.prev)
+        if cfg.residual_motion:
+            guess = guess - state.prev
+        guess = guess / cfg.displacement_scale
         state.x0.copy_(self.warm_start_t * guess + (1 - self.warm_start_t) * noise)
 
     def body(self, state: _State, schedule: str, fuse: bool = True, limit: int | None = None) -> None:
@@ -257,8 +267,7 @@ class FastSampler:
             else:
                 v = head.run(base, x, table[e], state.head_mask)
             x = torch.add(x, v, alpha=times[e + 1] - times[e])
-        scale = model.cfg.displacement_scale
-        disp = x if scale == 1.0 else x * scale
+        disp = to_displacement(x, state.prev, model.cfg)
         state.pos.add_(disp)
         state.prev.copy_(disp)
         if not fuse:
@@ -374,7 +383,8 @@ def sample_no_cache(
         for e in range(len(times) - 1):
             t = torch.full((k,), times[e], dtype=noise.dtype, device=noise.device)
             x = x + (times[e + 1] - times[e]) * model.head(fused, x, t, cond, valid)
-        seq = torch.cat((seq, seq[:, :, -1:] + x * cfg.displacement_scale), dim=2)
+        last = seq[:, :, -1:] - seq[:, :, -2:-1] if seq.shape[2] > 1 else torch.zeros_like(x)
+        seq = torch.cat((seq, seq[:, :, -1:] + to_displacement(x, last, cfg)), dim=2)
         seen = torch.cat((seen, torch.zeros_like(seen[:, :, :1])), dim=2)
     return seq[:, :, hist.shape[2] :]
 
@@ -410,6 +420,7 @@ def sample_naive_official(
                 reencode()
             t = torch.full((k,), times[e], dtype=noise.dtype, device=noise.device)
             x = x + (times[e + 1] - times[e]) * model.head(fused, x, t, cond, valid)
-        seq = torch.cat((seq, seq[:, :, -1:] + x * cfg.displacement_scale), dim=2)
+        last = seq[:, :, -1:] - seq[:, :, -2:-1] if seq.shape[2] > 1 else torch.zeros_like(x)
+        seq = torch.cat((seq, seq[:, :, -1:] + to_displacement(x, last, cfg)), dim=2)
         seen = torch.cat((seen, torch.zeros_like(seen[:, :, :1])), dim=2)
     return seq[:, :, hist.shape[2] :]

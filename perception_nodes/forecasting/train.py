@@ -2,8 +2,9 @@
 
 Per example: a window of ``history`` observed steps and ``horizon`` future steps of motion-weighted points
 (softmax of clipped mean squared motion, as the released code), the image of the last observed step. Every
-step s learns the velocity of x_t = t * d_s + (1 - t) * noise, d_s = (x_{s+1} - x_s) / displacement_scale,
-towards d_s - noise, with t from cosmap(U) (official), logit-normal or uniform; the loss is masked where a
+step s learns the velocity of x_t = t * d_s + (1 - t) * noise, d_s = (x_{s+1} - x_s) / displacement_scale
+(with ``residual_motion``: the change from the step before, (x_{s+1} - 2 x_s + x_{s-1}) / scale), towards
+d_s - noise, with t from cosmap(U) (official), logit-normal or uniform; the loss is masked where a
 step's start or end point is not visible. AdamW, warmup + cosine, gradient clipping, EMA weights (used for
 inference). Resumable: the EMA model (.safetensors + .json) and a training state (online weights, EMA and
 optimiser moments, step) are written every ``checkpoint_every`` steps.
@@ -93,10 +94,14 @@ def flow_loss(
         inputs[:, :, :history] += (
             torch.randn(inputs[:, :, :history].shape, generator=gen) * cfg.input_jitter_px
         )
-    target = (pos[:, :, 1:] - pos[:, :, :-1]) / model.cfg.displacement_scale
+    disp = pos[:, :, 1:] - pos[:, :, :-1]  # (B, N, L - 1, 2) d_s
     steps = torch.arange(length - 1)
     observed = vis[:, :, :-1] & (steps < history)
     mask = vis[:, :, 1:] & vis[:, :, :-1] & valid[:, :, None]
+    if model.cfg.residual_motion:  # d_s - d_{s-1} (d_{-1} = 0), masked where d_{s-1} is not seen
+        disp = disp - torch.cat((torch.zeros_like(disp[:, :, :1]), disp[:, :, :-1]), dim=2)
+        mask = mask & torch.cat((torch.ones_like(vis[:, :, :1]), vis[:, :, :-2]), dim=2)
+    target = disp / model.cfg.displacement_scale
     noise = torch.randn(target.shape, generator=gen)
     t = sample_times(b, cfg.time_sampling, gen)
     noised = t[:, None, None, None] * target + (1 - t[:, None, None, None]) * noise
