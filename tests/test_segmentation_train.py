@@ -6,6 +6,7 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 import torch
 
 from perception_nodes.segmentation.config import EisenConfig
@@ -163,3 +164,39 @@ def test_explain_away_keeps_region_ids_and_adds_new_ones():
     segments[2:10, 2:8] = 5  # the model knows the pusher
     out = explain_away(segments, regions, purity=0.8)
     assert (out[2:10, 2:8] == 3).all() and (out[2:10, 8:18] == 1).all() and (out[14:18, 14:18] == 2).all()
+
+
+def test_episode_background_keeps_off_every_object_that_moves_in_a_sim_episode():
+    from perception_nodes.segmentation.train import pairs_from_episodes, sim_episodes
+
+    tcfg = TrainConfig(out="unused", sim_episodes=2, sim_seed=1000)  # the training defaults
+    cfg = EisenConfig.preset("small")
+    pairs = pairs_from_episodes(sim_episodes(tcfg, cfg), cfg, tcfg)
+    h, w = cfg.map_size
+    inst = np.stack([cv2.resize(i, (w, h), interpolation=cv2.INTER_NEAREST) for i in pairs.instance])
+    bg = pairs.background
+    assert bg.shape == pairs.motion.shape and not (bg & pairs.motion).any()
+    assert (inst[bg] == 0).mean() > 0.99  # background nodes are table / floor ...
+    assert bg[inst == 0].mean() > 0.4  # ... and cover a good part of it
+
+
+def test_background_rows_are_averaged_apart_and_weighted():
+    from perception_nodes.segmentation import affinity as aff
+    from perception_nodes.segmentation.train import BACKGROUND_ID
+
+    gen = torch.Generator().manual_seed(0)
+    key, query = torch.randn(2, 8, 16, 16, generator=gen), torch.randn(2, 8, 16, 16, generator=gen)
+    moving = torch.zeros(2, 16, 16, dtype=torch.long)
+    moving[:, 4:9, 5:11] = 1
+    with_bg = torch.where(moving > 0, moving, torch.full_like(moving, BACKGROUND_ID))
+    with_bg[:, :2] = 0  # unknown rows
+    layout = aff.make_layout(16, 16, 8, 5, aff.random_global_offsets(16, 16, 8, 4, gen))
+
+    def loss(targets, bg=None, weight=0.0):
+        return float(aff.affinity_kl_loss(key, query, targets, layout, bg, weight))
+
+    only_moving = loss(moving)
+    assert loss(with_bg, BACKGROUND_ID, 0.0) == pytest.approx(only_moving, rel=1e-5)
+    background = loss(torch.where(moving > 0, 0, with_bg))  # background rows alone, official averaging
+    assert background > 0.1
+    assert loss(with_bg, BACKGROUND_ID, 0.5) == pytest.approx(only_moving + 0.5 * background, rel=1e-4)

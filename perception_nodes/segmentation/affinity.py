@@ -336,13 +336,20 @@ def selected_columns(x: torch.Tensor, layout: Layout, sel: torch.Tensor) -> torc
 
 
 def affinity_kl_loss(
-    key: torch.Tensor, query: torch.Tensor, targets: torch.Tensor, layout: Layout
+    key: torch.Tensor,
+    query: torch.Tensor,
+    targets: torch.Tensor,
+    layout: Layout,
+    background_id: int | None = None,
+    background_weight: float = 0.0,
 ) -> torch.Tensor:
     """The official KL loss: per row of a moving node, KL(targets || softmax(logits)), averaged over rows.
 
     key, query: (B, C, h, w); targets: (B, h, w) long segment ids at the layout's map size, 0 = static or
     unknown (rows masked out; as samples they never match). A row's target distribution is uniform over its
-    samples with the same id. Only tiles holding a moving node are computed.
+    samples with the same id. Only tiles holding a supervised node are computed. Rows of ``background_id``
+    (a static background group) are averaged apart and added with ``background_weight``, so that their
+    number does not dilute the moving rows.
     """
     B, C = key.shape[:2]
     T, Q = layout.num_tiles, layout.nodes_per_tile
@@ -364,5 +371,11 @@ def affinity_kl_loss(
     # KL = sum_j y_j (log y_j - log p_j) with y uniform (1/count) over the `same` samples
     cross = -(torch.where(same, log_p, torch.zeros_like(log_p))).sum(-1) / count.clamp(min=1)
     kl = cross - torch.log(count.clamp(min=1).float())
-    rows = (count > 0).float()
-    return (kl * rows).sum() / rows.sum().clamp(min=1.0)
+    rows = count > 0
+    if background_id is None:
+        return (kl * rows).sum() / rows.sum().clamp(min=1)
+    bg = rows & (own == background_id)
+    fg = rows & ~bg
+    return (kl * fg).sum() / fg.sum().clamp(min=1) + background_weight * (kl * bg).sum() / bg.sum().clamp(
+        min=1
+    )

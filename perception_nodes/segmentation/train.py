@@ -96,6 +96,16 @@ class TrainConfig:
         default=0.15,
         metadata={"help": "per object and frame, probability of a random shove (objects move on their own)"},
     )
+    static_background: float = dataclasses.field(
+        default=0.0,
+        metadata={
+            "help": "static camera only: nodes that never move during their episode form one background "
+            "group whose rows are supervised with this loss weight (0: off, the official loss)"
+        },
+    )
+    background_margin: int = dataclasses.field(
+        default=2, metadata={"help": "map pixels kept unsupervised around an episode's motion"}
+    )
     bags: tuple[str, ...] = dataclasses.field(default=(), metadata={"help": "sim bags to train on instead"})
     seed: int = dataclasses.field(default=0, metadata={"help": "training seed"})
     device: str = dataclasses.field(default="cpu", metadata={"help": "cpu or cuda"})
@@ -113,6 +123,8 @@ class TrainConfig:
             raise ValueError(f"flow must be 'dis' or 'gt', got {self.flow!r}")
         if self.steps < 1 or self.batch < 1 or self.lr <= 0:
             raise ValueError("steps, batch must be >= 1 and lr > 0")
+        if self.static_background < 0 or self.background_margin < 0:
+            raise ValueError("static_background and background_margin must be >= 0")
         if any(not 0 < f < 1 for f in self.bootstrap_at):
             raise ValueError(f"bootstrap_at fractions must be in (0, 1), got {self.bootstrap_at}")
 
@@ -185,14 +197,30 @@ class PairData:
     images: np.ndarray  # (P, H, W, 3) uint8
     motion: np.ndarray  # (P, h, w) bool
     instance: np.ndarray  # (P, H, W) uint16 ground truth (diagnostics only, never used by the loss)
+    background: np.ndarray | None = None  # (P, h, w) bool: still all episode (``episode_background``)
+
+
+FIELDS = ("images", "motion", "instance", "background")
+BACKGROUND_ID = 255  # target id of the static background group (explain_away ids stay below it)
+
+
+def episode_background(motion: list[np.ndarray], margin: int) -> np.ndarray:
+    """(h, w) bool: map nodes that no motion mask of an episode (static camera) touches, ``margin`` map
+    pixels away from all of them. An object that moves at any time is excluded where it was while moving;
+    an object that never moves in the episode is (wrongly) background: shoves make that rare."""
+    union = np.any(np.stack(motion), axis=0).astype(np.uint8)
+    if margin:
+        union = cv2.dilate(union, np.ones((2 * margin + 1, 2 * margin + 1), np.uint8))
+    return union == 0
 
 
 def pairs_from_episodes(episodes, cfg: EisenConfig, tcfg: TrainConfig) -> PairData:
     H, W = cfg.input_size
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    images, motion, inst = [], [], []
+    images, motion, inst, background = [], [], [], []
     for ep in episodes:
         rgb = np.stack([cv2.resize(f, (W, H), interpolation=cv2.INTER_AREA) for f in ep.rgb])
+        every, kept = [], 0
         for t in range(len(rgb) - 1):
             if tcfg.flow == "gt":
                 flow = np.nan_to_num(ep.flow[t])
@@ -203,14 +231,18 @@ def pairs_from_episodes(episodes, cfg: EisenConfig, tcfg: TrainConfig) -> PairDa
                     rgb[t], rgb[t + 1], tcfg.flow_threshold, dis, tcfg.chroma_support, tcfg.support_radius
                 )
             frac = moving.mean()
+            every.append(to_map(moving, cfg.map_size))
             if moving.sum() < tcfg.min_moving_pixels or frac > tcfg.max_moving_fraction:
                 continue
             images.append(rgb[t])
-            motion.append(to_map(moving, cfg.map_size))
+            motion.append(every[-1])
             inst.append(cv2.resize(ep.instance[t], (W, H), interpolation=cv2.INTER_NEAREST))
+            kept += 1
+        if kept:
+            background += [episode_background(every, tcfg.background_margin)] * kept
     if not images:
         raise ValueError("no training pairs with motion found")
-    return PairData(np.stack(images), np.stack(motion), np.stack(inst))
+    return PairData(np.stack(images), np.stack(motion), np.stack(inst), np.stack(background))
 
 
 def sim_episodes(tcfg: TrainConfig, cfg: EisenConfig, seeds=None):
@@ -251,9 +283,7 @@ def _parallel_sim_pairs(tcfg: TrainConfig, cfg: EisenConfig) -> PairData:
         parts = [p for p in tqdm(pool.map(_episode_pairs, jobs), total=len(jobs), desc="episodes") if p]
     if not parts:
         raise ValueError("no training pairs with motion found")
-    return PairData(
-        *(np.concatenate([getattr(p, f) for p in parts]) for f in ("images", "motion", "instance"))
-    )
+    return PairData(*(np.concatenate([getattr(p, f) for p in parts]) for f in FIELDS))
 
 
 def load_pairs(tcfg: TrainConfig, cfg: EisenConfig) -> PairData:
@@ -268,6 +298,8 @@ def load_pairs(tcfg: TrainConfig, cfg: EisenConfig) -> PairData:
             tcfg.sim_episodes,
             tcfg.sim_frames,
             tcfg.sim_seed,
+            tcfg.sim_shove_prob,
+            tcfg.background_margin,
             list(tcfg.bags),
             list(cfg.input_size),
         ]
@@ -276,7 +308,7 @@ def load_pairs(tcfg: TrainConfig, cfg: EisenConfig) -> PairData:
         data = np.load(cache)
         if str(data["key"]) == key:
             log.info("reusing %d training pairs from %s", len(data["images"]), cache)
-            return PairData(data["images"], data["motion"], data["instance"])
+            return PairData(*(data[f] for f in FIELDS))
     from tqdm import tqdm
 
     if tcfg.bags:
@@ -290,7 +322,7 @@ def load_pairs(tcfg: TrainConfig, cfg: EisenConfig) -> PairData:
         pairs = pairs_from_episodes(episodes, cfg, tcfg)
     cache.parent.mkdir(parents=True, exist_ok=True)
     if not tcfg.no_cache:
-        np.savez(cache, images=pairs.images, motion=pairs.motion, instance=pairs.instance, key=key)
+        np.savez(cache, **{f: getattr(pairs, f) for f in FIELDS}, key=key)
     return pairs
 
 
@@ -382,9 +414,16 @@ def initial_targets(motion: np.ndarray, single_id: bool) -> np.ndarray:
 
 
 def affinity_loss(
-    net: EisenNet, cfg: EisenConfig, images: torch.Tensor, targets: torch.Tensor, gen: torch.Generator
+    net: EisenNet,
+    cfg: EisenConfig,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    gen: torch.Generator,
+    background_weight: float = 0.0,
 ) -> torch.Tensor:
-    """Sum over ``cfg.supervision_levels`` scales of the KL affinity loss. targets (B, h, w) long."""
+    """Sum over ``cfg.supervision_levels`` scales of the KL affinity loss. targets (B, h, w) long, with
+    ``BACKGROUND_ID`` rows weighted by ``background_weight`` (see ``aff.affinity_kl_loss``)."""
+    bg = BACKGROUND_ID if background_weight > 0 else None
     key, query = net(images)
     total = key.new_zeros(())
     m = aff.num_global_tiles(cfg.num_global, cfg.tile)
@@ -396,7 +435,7 @@ def affinity_loss(
             h, w, cfg.tile, cfg.local_window, aff.random_global_offsets(h, w, cfg.tile, m, gen)
         )
         layout = layout.to(key.device)
-        total = total + aff.affinity_kl_loss(k, q, t, layout)
+        total = total + aff.affinity_kl_loss(k, q, t, layout, bg, background_weight)
     return total
 
 
@@ -406,9 +445,20 @@ def lr_at(step: int, tcfg: TrainConfig) -> float:
     return tcfg.lr * (1 - (step - tcfg.warmup) / max(1, tcfg.steps - tcfg.warmup)) ** 0.9
 
 
-def sample_batch(pairs: PairData, targets: np.ndarray, batch: int, rng: np.random.Generator, device: str):
+def sample_batch(
+    pairs: PairData,
+    targets: np.ndarray,
+    batch: int,
+    rng: np.random.Generator,
+    device: str,
+    background: bool = False,
+):
+    """Random flipped images (B, 3, H, W) float and targets (B, h, w) long; with ``background`` the
+    episode's static background (``pairs.background``) gets ``BACKGROUND_ID`` where no motion id is."""
     idx = rng.integers(0, len(pairs.images), size=batch)
     imgs, tg = pairs.images[idx].copy(), targets[idx].copy()
+    if background:
+        tg[(tg == 0) & pairs.background[idx]] = BACKGROUND_ID
     flip = rng.random(batch) < 0.5
     imgs[flip], tg[flip] = imgs[flip, :, ::-1], tg[flip, :, ::-1]
     images = torch.from_numpy(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2).float().to(device)
@@ -484,6 +534,8 @@ def train(tcfg: TrainConfig, progress: bool = True, pairs: PairData | None = Non
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     pairs = pairs if pairs is not None else load_pairs(tcfg, cfg)
+    if tcfg.static_background > 0 and pairs.background is None:
+        raise ValueError("static_background needs pairs with a background mask (pairs_from_episodes)")
     data_s = time.perf_counter() - t0
     net = EisenNet(cfg).to(tcfg.device).train()
     opt = torch.optim.Adam(net.parameters(), lr=tcfg.lr)
@@ -503,9 +555,8 @@ def train(tcfg: TrainConfig, progress: bool = True, pairs: PairData | None = Non
             targets = bootstrap_targets(net, cfg, pairs, base, tcfg.bootstrap_purity, tcfg.device)
             round_ += 1
             log.info("bootstrapped targets (round %d): %.2f ids per frame", round_, _ids_per_frame(targets))
-        loss = _step(
-            net, cfg, opt, tcfg, *sample_batch(pairs, targets, tcfg.batch, rng, tcfg.device), gen, step
-        )
+        batch = sample_batch(pairs, targets, tcfg.batch, rng, tcfg.device, tcfg.static_background > 0)
+        loss = _step(net, cfg, opt, tcfg, *batch, gen, step)
         losses.append(loss)
         step += 1
         bar.update(1)
@@ -535,7 +586,7 @@ def _step(net, cfg, opt, tcfg, images, targets, gen, step) -> float:
     for group in opt.param_groups:
         group["lr"] = lr_at(step, tcfg)
     opt.zero_grad(set_to_none=True)
-    loss = affinity_loss(net, cfg, images, targets, gen)
+    loss = affinity_loss(net, cfg, images, targets, gen, tcfg.static_background)
     loss.backward()
     nn.utils.clip_grad_norm_(net.parameters(), tcfg.clip)
     opt.step()
