@@ -142,6 +142,9 @@ def test_a_zero_flow_forecasts_constant_velocity_with_residual_motion_else_a_sta
     inp = _inputs(model, n=4, hist=3)
     noise = torch.zeros(2, 5, 4, 2)
     last, vel = inp.history[0, :, -1], inp.history[0, :, -1] - inp.history[0, :, -2]  # (N, 2)
+    seen = inp.observed[0, :, -1] & inp.observed[0, :, -2]
+    assert seen.any() and not seen.all()  # both cases below
+    vel = vel * seen[:, None]  # a point not seen at both of its last steps has no velocity
     steps = torch.arange(1, 6, dtype=torch.float32)[:, None, None]  # (H, 1, 1)
     want = (last + steps * vel * float(residual)).transpose(0, 1)  # (N, H, 2)
     for got in (FastSampler(model, 5, 2).sample(inp, noise), sample_no_cache(model, inp, noise)):

@@ -105,6 +105,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the point draw (and of the noise)")
     parser.add_argument("--sample-seed", type=int, default=None, help="seed of the flow noise only")
     parser.add_argument("--moving-px", type=float, default=4.0, help="'moving' threshold at the 256 scale")
+    parser.add_argument(
+        "--history-noise-px",
+        type=float,
+        default=0.0,
+        help="Gaussian jitter (std, px at the 256 scale) added to observed histories, like a tracker's",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
 
 
@@ -136,7 +142,9 @@ def run_eval(args: argparse.Namespace) -> int:
         seed=args.seed,
         warm_start=args.warm_start,
         sample_seed=args.sample_seed,
+        history_noise_px=args.history_noise_px,
     )
+    summary["history_noise_px"] = args.history_noise_px
     summary["weights"] = str(args.weights)
     summary["sampling"] = dataclasses.asdict(sampling)
     path = write_report(summary, examples, model.cfg.coord_size, args.out)

@@ -135,13 +135,16 @@ def evaluate(
     keep_examples: int = 4,
     warm_start: bool = False,
     sample_seed: int | None = None,
+    history_noise_px: float = 0.0,
 ) -> tuple[dict, list[Example]]:
     """Metrics of ARFM and the baselines over windows every ``stride`` frames of each episode.
 
     ``warm_start``: the streaming update path. Each window is first forecast cold one frame earlier, then
     warm-started from that forecast (``sampling.warm_start_t`` / ``warm_start_steps``); "arfm" is the warm
     forecast and "arfm_cold" the cold one on the same windows (which start one frame later, at ``history``).
-    ``sample_seed``: seed of the flow noise (default ``seed``, which also draws the points)."""
+    ``sample_seed``: seed of the flow noise (default ``seed``, which also draws the points).
+    ``history_noise_px``: Gaussian noise (std, model pixels per coordinate) added to the observed history
+    that ARFM and the baselines see, like a point tracker's jitter; ground truth stays exact."""
     model.eval()
     cfg, h, s = model.cfg, sampling.horizon, sampling.history
     sampler = FastSampler(
@@ -154,6 +157,7 @@ def evaluate(
         sampling.warm_start_steps,
     )
     rng = np.random.default_rng(seed)
+    jitter = np.random.default_rng(seed + 7)
     gen = torch.Generator().manual_seed(seed if sample_seed is None else sample_seed)
     names = ["arfm", "constant_velocity", "static"] + (["arfm_cold"] if warm_start else [])
     per: dict[str, list[dict]] = {name: [] for name in names}
@@ -164,6 +168,9 @@ def evaluate(
             win = make_window(ep, current, s + extra, h, points, cfg, rng, temperature=0.0)
             if win is None:
                 continue
+            if history_noise_px > 0:
+                noise = jitter.normal(0.0, history_noise_px, win.pos[:, : s + extra].shape)
+                win.pos[:, : s + extra] += noise.astype(win.pos.dtype)
             hist, obs = win.pos[:, extra : s + extra], win.visible[:, extra : s + extra]
             gt, vis = win.pos[:, s + extra :], win.visible[:, s + extra :]
             cold = forecast_window(model, sampler, win.image, hist, obs, gen)

@@ -75,6 +75,15 @@ class _State:
     points: FusedPointTokens | None = None  # eager point tokens of generated steps (None: ARFM.point_tokens)
 
 
+def observed_displacement(hist: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+    """The last observed step's displacement (B, N, 1, 2) from history (B, N, S, 2) / observed (B, N, S);
+    zero unless both of its ends were observed (a track that was lost or just seeded has no velocity)."""
+    if hist.shape[2] < 2:
+        return torch.zeros_like(hist[:, :, -1:])
+    both = (observed[:, :, -1] & observed[:, :, -2])[:, :, None, None]
+    return torch.where(both, hist[:, :, -1:] - hist[:, :, -2:-1], torch.zeros_like(hist[:, :, -1:]))
+
+
 def to_displacement(x: torch.Tensor, prev: torch.Tensor, cfg) -> torch.Tensor:
     """The flow's variable x -> a step's displacement (model pixels); prev: the step before's displacement
     (used with ``cfg.residual_motion``). Any shape, x and prev alike."""
@@ -138,7 +147,7 @@ class FastSampler:
         self._own = cache.own
         g = inputs.tokens.shape[1]
         glob = model.global_tokens(inputs.tokens, torch.zeros(1, dtype=torch.bool, device=dev))[:, :, 0]
-        prev = hist[:, :, -1] - hist[:, :, -2] if hist.shape[2] > 1 else torch.zeros_like(hist[:, :, -1])
+        prev = observed_displacement(hist, inputs.observed)[:, :, 0]
         mods, head, tables = self._head_setup(inputs.cond, hist)
         flat, space_mask = None, None
         if self.fused_head and text is None:  # the flat KV layout holds the history only (no text prefix)
@@ -383,7 +392,7 @@ def sample_no_cache(
         for e in range(len(times) - 1):
             t = torch.full((k,), times[e], dtype=noise.dtype, device=noise.device)
             x = x + (times[e + 1] - times[e]) * model.head(fused, x, t, cond, valid)
-        last = seq[:, :, -1:] - seq[:, :, -2:-1] if seq.shape[2] > 1 else torch.zeros_like(x)
+        last = observed_displacement(seq, obs) if step == 0 else seq[:, :, -1:] - seq[:, :, -2:-1]
         seq = torch.cat((seq, seq[:, :, -1:] + to_displacement(x, last, cfg)), dim=2)
         seen = torch.cat((seen, torch.zeros_like(seen[:, :, :1])), dim=2)
     return seq[:, :, hist.shape[2] :]
@@ -420,7 +429,7 @@ def sample_naive_official(
                 reencode()
             t = torch.full((k,), times[e], dtype=noise.dtype, device=noise.device)
             x = x + (times[e + 1] - times[e]) * model.head(fused, x, t, cond, valid)
-        last = seq[:, :, -1:] - seq[:, :, -2:-1] if seq.shape[2] > 1 else torch.zeros_like(x)
+        last = observed_displacement(seq, obs) if step == 0 else seq[:, :, -1:] - seq[:, :, -2:-1]
         seq = torch.cat((seq, seq[:, :, -1:] + to_displacement(x, last, cfg)), dim=2)
         seen = torch.cat((seen, torch.zeros_like(seen[:, :, :1])), dim=2)
     return seq[:, :, hist.shape[2] :]

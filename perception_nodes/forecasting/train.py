@@ -3,8 +3,8 @@
 Per example: a window of ``history`` observed steps and ``horizon`` future steps of motion-weighted points
 (softmax of clipped mean squared motion, as the released code), the image of the last observed step. Every
 step s learns the velocity of x_t = t * d_s + (1 - t) * noise, d_s = (x_{s+1} - x_s) / displacement_scale
-(with ``residual_motion``: the change from the step before, (x_{s+1} - 2 x_s + x_{s-1}) / scale), towards
-d_s - noise, with t from cosmap(U) (official), logit-normal or uniform; the loss is masked where a
+(with ``residual_motion``: what is left after continuing the last displacement, ``residual_targets``),
+towards d_s - noise, with t from cosmap(U) (official), logit-normal or uniform; the loss is masked where a
 step's start or end point is not visible. AdamW, warmup + cosine, gradient clipping, EMA weights (used for
 inference). Resumable: the EMA model (.safetensors + .json) and a training state (online weights, EMA and
 optimiser moments, step) are written every ``checkpoint_every`` steps.
@@ -83,6 +83,22 @@ def sample_times(n: int, mode: str, gen: torch.Generator) -> torch.Tensor:
     return u
 
 
+def residual_targets(
+    pos: torch.Tensor, inputs: torch.Tensor, observed: torch.Tensor, history: int
+) -> torch.Tensor:
+    """Residual-motion targets (B, N, L - 1, 2): the true next position minus where the sampler's constant
+    velocity would put it, both from the positions the model is given (``inputs``, jittered in the
+    history): pos_{s+1} - x_s - b_s with b_s = x_s - x_{s-1}. In the history b_s is 0 unless both steps
+    are observed (as ``sampler.observed_displacement``); generated steps always continue (teacher forcing).
+    pos (B, N, L, 2) true, inputs (B, N, L - 1, 2), observed (B, N, L - 1)."""
+    base = torch.zeros_like(inputs)
+    base[:, :, 1:] = inputs[:, :, 1:] - inputs[:, :, :-1]
+    steps = torch.arange(1, inputs.shape[2], device=inputs.device)
+    known = (observed[:, :, 1:] & observed[:, :, :-1]) | (steps >= history)
+    base[:, :, 1:] *= known[..., None]
+    return pos[:, :, 1:] - inputs - base
+
+
 def flow_loss(
     model: ARFM, batch: dict[str, torch.Tensor], history: int, cfg: TrainConfig, gen: torch.Generator
 ) -> torch.Tensor:
@@ -94,13 +110,13 @@ def flow_loss(
         inputs[:, :, :history] += (
             torch.randn(inputs[:, :, :history].shape, generator=gen) * cfg.input_jitter_px
         )
-    disp = pos[:, :, 1:] - pos[:, :, :-1]  # (B, N, L - 1, 2) d_s
     steps = torch.arange(length - 1)
     observed = vis[:, :, :-1] & (steps < history)
     mask = vis[:, :, 1:] & vis[:, :, :-1] & valid[:, :, None]
-    if model.cfg.residual_motion:  # d_s - d_{s-1} (d_{-1} = 0), masked where d_{s-1} is not seen
-        disp = disp - torch.cat((torch.zeros_like(disp[:, :, :1]), disp[:, :, :-1]), dim=2)
-        mask = mask & torch.cat((torch.ones_like(vis[:, :, :1]), vis[:, :, :-2]), dim=2)
+    if model.cfg.residual_motion:
+        disp = residual_targets(pos, inputs, observed, history)
+    else:
+        disp = pos[:, :, 1:] - pos[:, :, :-1]  # (B, N, L - 1, 2) d_s
     target = disp / model.cfg.displacement_scale
     noise = torch.randn(target.shape, generator=gen)
     t = sample_times(b, cfg.time_sampling, gen)
