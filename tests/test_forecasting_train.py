@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 
-from perception_nodes.forecasting.config import small
+from perception_nodes.forecasting.config import by_name, small
 from perception_nodes.forecasting.network import ARFM
 from perception_nodes.forecasting.processor import motion_logits, select_points
 from perception_nodes.forecasting.train import (
@@ -46,16 +47,20 @@ def _fixed_loss(model: ARFM, batch, cfg: TrainConfig) -> float:
         return float(flow_loss(model.eval(), batch, cfg.history, cfg, torch.Generator().manual_seed(123)))
 
 
-def test_training_smoke_run_lowers_the_loss(tmp_path):
+@pytest.mark.parametrize("model,steps", [("small", 60), ("small_residual", 160)])
+def test_training_smoke_run_lowers_the_loss(tmp_path, model, steps):
+    # 160 steps with residual motion: its target (with the input jitter in it) starts nearer its noise floor
+    cfg = dataclasses.replace(CFG, model=model, steps=steps)
     clips = _clips()
     probe = WindowSampler(
-        clips, dataclasses.replace(CFG, batch_size=6), small(), np.random.default_rng(99)
+        clips, dataclasses.replace(cfg, batch_size=6), by_name(model), np.random.default_rng(99)
     ).batch()
-    torch.manual_seed(CFG.seed)
-    before = _fixed_loss(ARFM(small()), probe, CFG)  # train() builds the same initial model (same seed)
-    # 160 steps: the residual-motion target (with the input jitter in it) starts closer to its noise floor
-    summary = train(clips, dataclasses.replace(CFG, steps=160), tmp_path / "m.safetensors", progress=False)
-    after = _fixed_loss(load_model(tmp_path / "m.safetensors"), probe, CFG)
+    torch.manual_seed(cfg.seed)
+    before = _fixed_loss(ARFM(by_name(model)), probe, cfg)  # train() builds the same initial model
+    summary = train(clips, cfg, tmp_path / "m.safetensors", progress=False)
+    trained = load_model(tmp_path / "m.safetensors")
+    assert trained.cfg.residual_motion == (model == "small_residual")
+    after = _fixed_loss(trained, probe, cfg)
     assert summary["loss_last"] < summary["loss_first"]
     assert after < 0.7 * before, (before, after)
 
