@@ -13,6 +13,7 @@ from perception_nodes.segmentation.config import EisenConfig
 from perception_nodes.segmentation.train import (
     PairData,
     TrainConfig,
+    episode_background,
     explain_away,
     initial_targets,
     motion_mask,
@@ -55,7 +56,8 @@ def _synthetic_pairs(n: int = 12, size: int = 128) -> PairData:
         images.append(frames[0])
         motion.append(to_map(moving, (size // 4, size // 4)))
         inst.append(truth)
-    return PairData(np.stack(images), np.stack(motion), np.stack(inst))
+    background = np.stack([episode_background([m], margin=2) for m in motion])  # one pair per "episode"
+    return PairData(np.stack(images), np.stack(motion), np.stack(inst), background)
 
 
 def test_dis_motion_mask_finds_the_moving_square():
