@@ -11,8 +11,8 @@ Two named configurations:
 
 Coordinates: the model works in a ``coord_size`` x ``coord_size`` frame (official: 256), pixels x right,
 y down; a step's displacement is divided by ``displacement_scale`` before it meets the flow's N(0, I) noise.
-With ``residual_motion`` the flow's variable is the change of displacement, (d_s - d_{s-1}) / scale, where
-d_{-1} = 0 at a sequence's first step (the same previous displacement the point tokens are given).
+With ``residual_motion`` the flow's variable is what is left of a step's displacement after continuing the
+previous one (zero when that one was not observed at both ends): ``train.residual_targets``.
 """
 
 from __future__ import annotations

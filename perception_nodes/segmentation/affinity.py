@@ -376,6 +376,5 @@ def affinity_kl_loss(
         return (kl * rows).sum() / rows.sum().clamp(min=1)
     bg = rows & (own == background_id)
     fg = rows & ~bg
-    return (kl * fg).sum() / fg.sum().clamp(min=1) + background_weight * (kl * bg).sum() / bg.sum().clamp(
-        min=1
-    )
+    moving = (kl * fg).sum() / fg.sum().clamp(min=1)
+    return moving + background_weight * (kl * bg).sum() / bg.sum().clamp(min=1)
