@@ -91,6 +91,13 @@ def to_displacement(x: torch.Tensor, prev: torch.Tensor, cfg) -> torch.Tensor:
     return disp + prev if cfg.residual_motion else disp
 
 
+def _append_step(seq: torch.Tensor, observed: torch.Tensor, x: torch.Tensor, step: int, cfg) -> torch.Tensor:
+    """Reference samplers: positions seq (K, N, S, 2) plus the step the flow variable x (K, N, 1, 2) gives;
+    the first generated step continues a velocity only where both of its history ends were observed."""
+    last = observed_displacement(seq, observed) if step == 0 else seq[:, :, -1:] - seq[:, :, -2:-1]
+    return torch.cat((seq, seq[:, :, -1:] + to_displacement(x, last, cfg)), dim=2)
+
+
 class FastSampler:
     """KV-cached, K-batched, few-step sampler with warm start."""
 
@@ -392,8 +399,7 @@ def sample_no_cache(
         for e in range(len(times) - 1):
             t = torch.full((k,), times[e], dtype=noise.dtype, device=noise.device)
             x = x + (times[e + 1] - times[e]) * model.head(fused, x, t, cond, valid)
-        last = observed_displacement(seq, obs) if step == 0 else seq[:, :, -1:] - seq[:, :, -2:-1]
-        seq = torch.cat((seq, seq[:, :, -1:] + to_displacement(x, last, cfg)), dim=2)
+        seq = _append_step(seq, obs, x, step, cfg)
         seen = torch.cat((seen, torch.zeros_like(seen[:, :, :1])), dim=2)
     return seq[:, :, hist.shape[2] :]
 
@@ -429,7 +435,6 @@ def sample_naive_official(
                 reencode()
             t = torch.full((k,), times[e], dtype=noise.dtype, device=noise.device)
             x = x + (times[e + 1] - times[e]) * model.head(fused, x, t, cond, valid)
-        last = observed_displacement(seq, obs) if step == 0 else seq[:, :, -1:] - seq[:, :, -2:-1]
-        seq = torch.cat((seq, seq[:, :, -1:] + to_displacement(x, last, cfg)), dim=2)
+        seq = _append_step(seq, obs, x, step, cfg)
         seen = torch.cat((seen, torch.zeros_like(seen[:, :, :1])), dim=2)
     return seq[:, :, hist.shape[2] :]
