@@ -14,6 +14,7 @@ from perception_nodes.segmentation.train import (
     PairData,
     TrainConfig,
     episode_background,
+    episode_still,
     explain_away,
     initial_targets,
     motion_mask,
@@ -180,6 +181,15 @@ def test_episode_background_keeps_off_every_object_that_moves_in_a_sim_episode()
     assert bg.shape == pairs.motion.shape and not (bg & pairs.motion).any()
     assert (inst[bg] == 0).mean() > 0.99  # background nodes are table / floor ...
     assert bg[inst == 0].mean() > 0.4  # ... and cover a good part of it
+    still = pairs.still  # objects that move later, labelled where they still stand
+    assert not (still > 0)[bg | pairs.motion].any()
+    good = total = 0
+    for ids, truth in zip(still, inst, strict=True):
+        for k in np.unique(ids[ids > 0]):
+            values, counts = np.unique(truth[ids == k], return_counts=True)
+            good += counts.max() if values[np.argmax(counts)] > 0 else 0
+            total += counts.sum()
+    assert total > 200 and good / total > 0.65, (good, total)  # mostly one object each (measured 0.73)
 
 
 def test_background_rows_are_averaged_apart_and_weighted():
@@ -202,3 +212,44 @@ def test_background_rows_are_averaged_apart_and_weighted():
     background = loss(torch.where(moving > 0, 0, with_bg))  # background rows alone, official averaging
     assert background > 0.1
     assert loss(with_bg, BACKGROUND_ID, 0.5) == pytest.approx(only_moving + 0.5 * background, rel=1e-4)
+
+
+def test_episode_still_labels_an_object_until_it_moves():
+    """Object A (left) moves in pair 3, object B (right) in pair 1; frames are unchanged until then."""
+    rng = np.random.default_rng(0)
+    rgb = np.repeat(rng.integers(0, 255, (1, 32, 32, 3), dtype=np.uint8), 6, axis=0)
+    motion = [np.zeros((8, 8), bool) for _ in range(5)]
+    motion[3][2:5, 1:3] = True  # A
+    motion[1][2:5, 5:7] = True  # B
+    still = episode_still(motion, rgb, [0, 1, 2, 3, 4], max_diff=4.0)
+    assert set(np.unique(still[0])) == {0, 1, 2}  # before either moves: both, one id each
+    assert (still[0][2:5, 1:3] > 0).all() and (still[0][2:5, 5:7] > 0).all()
+    assert still[0][2, 1] != still[0][2, 5]
+    assert (still[1][2:5, 1:3] > 0).all() and (still[1][2:5, 5:7] == 0).all()  # B moves now
+    assert (still[2][2:5, 1:3] > 0).all()
+    assert not still[3].any() and not still[4].any()  # A moves in 3; nothing moves after
+    changed = rgb.copy()
+    changed[3, 8:20, 4:12] = 255 - changed[3, 8:20, 4:12]  # A's pixels differ in the frame it moves
+    assert not (episode_still(motion, changed, [0], max_diff=4.0)[0][2:5, 1:3]).any()
+
+
+def test_still_objects_fill_only_unlabelled_nodes():
+    from perception_nodes.segmentation.train import BACKGROUND_ID, STILL_OFFSET, sample_batch
+
+    motion = np.zeros((1, 4, 4), bool)
+    motion[0, 0] = True  # a region of 4 nodes (smaller ones are dropped)
+    still = np.zeros((1, 4, 4), np.uint8)
+    still[0, 0:2, 0:2] = 3
+    background = np.zeros((1, 4, 4), bool)
+    background[0, 3] = True
+    pairs = PairData(
+        np.zeros((1, 16, 16, 3), np.uint8), motion, np.zeros((1, 16, 16), np.uint16), background, still
+    )
+    targets = initial_targets(motion, False)
+    rng = np.random.default_rng(1)
+    for _ in range(4):  # either flip
+        _, tg = sample_batch(pairs, targets, 1, rng, "cpu", background=True, still=True)
+        tg = tg[0].numpy()
+        tg = tg if tg[1, 0] > 0 else tg[:, ::-1]
+        assert (tg[0] == 1).all() and (tg[1, :2] == STILL_OFFSET + 3).all() and (tg[1, 2:] == 0).all()
+        assert (tg[3] == BACKGROUND_ID).all() and (tg[2] == 0).all()

@@ -111,6 +111,14 @@ class TrainConfig:
     background_margin: int = dataclasses.field(
         default=2, metadata={"help": "map pixels kept unsupervised around an episode's motion"}
     )
+    still_objects: float = dataclasses.field(
+        default=0.0,
+        metadata={
+            "help": "static camera only: a region that moves later in its episode is also a target group "
+            "in the earlier frames where it has not moved yet and the image inside it differs by at most "
+            "this mean |RGB| difference (0: off)"
+        },
+    )
     bags: tuple[str, ...] = dataclasses.field(default=(), metadata={"help": "sim bags to train on instead"})
     seed: int = dataclasses.field(default=0, metadata={"help": "training seed"})
     device: str = dataclasses.field(default="cpu", metadata={"help": "cpu or cuda"})
@@ -128,8 +136,8 @@ class TrainConfig:
             raise ValueError(f"flow must be 'dis' or 'gt', got {self.flow!r}")
         if self.steps < 1 or self.batch < 1 or self.lr <= 0:
             raise ValueError("steps, batch must be >= 1 and lr > 0")
-        if self.static_background < 0 or self.background_margin < 0:
-            raise ValueError("static_background and background_margin must be >= 0")
+        if self.static_background < 0 or self.background_margin < 0 or self.still_objects < 0:
+            raise ValueError("static_background, background_margin and still_objects must be >= 0")
         if any(not 0 < f < 1 for f in self.bootstrap_at):
             raise ValueError(f"bootstrap_at fractions must be in (0, 1), got {self.bootstrap_at}")
 
@@ -203,10 +211,13 @@ class PairData:
     motion: np.ndarray  # (P, h, w) bool
     instance: np.ndarray  # (P, H, W) uint16 ground truth (diagnostics only, never used by the loss)
     background: np.ndarray | None = None  # (P, h, w) bool: still all episode (``episode_background``)
+    still: np.ndarray | None = None  # (P, h, w) uint8 ids of regions that move later (``episode_still``)
 
 
-FIELDS = ("images", "motion", "instance", "background")
+FIELDS = ("images", "motion", "instance", "background", "still")
+STILL_MAX_DIFF = 4.0  # the pairs' still-object masks when --still-objects is off (kept in the cache)
 BACKGROUND_ID = 255  # target id of the static background group (explain_away ids stay below it)
+STILL_OFFSET = 128  # still-object ids become STILL_OFFSET + id (motion and explain_away ids stay below)
 
 
 def episode_background(motion: list[np.ndarray], margin: int) -> np.ndarray:
@@ -219,13 +230,42 @@ def episode_background(motion: list[np.ndarray], margin: int) -> np.ndarray:
     return union == 0
 
 
+def episode_still(
+    motion: list[np.ndarray], rgb: np.ndarray, frames: list[int], max_diff: float
+) -> list[np.ndarray]:
+    """Still-object targets of a static-camera episode: for each frame s in ``frames``, (h, w) uint8 ids
+    of the motion regions of later pairs t > s that no motion mask of pairs s..t-1 touched (the object has
+    not moved yet) and inside which frames s and t differ by at most ``max_diff`` (mean |RGB|, 0-255).
+    What moves together is an object; it stays that object while it stands still.
+
+    motion: the map-size bool masks of pairs 0..T-2; rgb: (T, H, W, 3) uint8 frames at the input size."""
+    regions = [motion_segments(m) for m in motion]
+    H, W = rgb.shape[1:3]
+    out = []
+    for s in frames:
+        ids = np.zeros_like(regions[0])
+        touched = motion[s].copy()
+        for t in range(s + 1, len(motion)):
+            for k in range(1, int(regions[t].max()) + 1):
+                region = regions[t] == k
+                if ids.max() >= 127 or (region & (touched | (ids > 0))).any():
+                    continue
+                full = cv2.resize(region.astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST) > 0
+                diff = np.abs(rgb[s][full].astype(np.int16) - rgb[t][full].astype(np.int16)).mean()
+                if diff <= max_diff:
+                    ids[region] = ids.max() + 1
+            touched |= motion[t]
+        out.append(ids)
+    return out
+
+
 def pairs_from_episodes(episodes, cfg: EisenConfig, tcfg: TrainConfig) -> PairData:
     H, W = cfg.input_size
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    images, motion, inst, background = [], [], [], []
+    images, motion, inst, background, still = [], [], [], [], []
     for ep in episodes:
         rgb = np.stack([cv2.resize(f, (W, H), interpolation=cv2.INTER_AREA) for f in ep.rgb])
-        every, kept = [], 0
+        every, kept = [], []
         for t in range(len(rgb) - 1):
             if tcfg.flow == "gt":
                 flow = np.nan_to_num(ep.flow[t])
@@ -242,12 +282,13 @@ def pairs_from_episodes(episodes, cfg: EisenConfig, tcfg: TrainConfig) -> PairDa
             images.append(rgb[t])
             motion.append(every[-1])
             inst.append(cv2.resize(ep.instance[t], (W, H), interpolation=cv2.INTER_NEAREST))
-            kept += 1
+            kept.append(t)
         if kept:
-            background += [episode_background(every, tcfg.background_margin)] * kept
+            background += [episode_background(every, tcfg.background_margin)] * len(kept)
+            still += episode_still(every, rgb, kept, tcfg.still_objects or STILL_MAX_DIFF)
     if not images:
         raise ValueError("no training pairs with motion found")
-    return PairData(np.stack(images), np.stack(motion), np.stack(inst), np.stack(background))
+    return PairData(*map(np.stack, (images, motion, inst, background, still)))
 
 
 def sim_episodes(tcfg: TrainConfig, cfg: EisenConfig, seeds=None):
@@ -305,6 +346,7 @@ def load_pairs(tcfg: TrainConfig, cfg: EisenConfig) -> PairData:
             tcfg.sim_seed,
             tcfg.sim_shove_prob,
             tcfg.background_margin,
+            tcfg.still_objects or STILL_MAX_DIFF,
             list(tcfg.bags),
             list(cfg.input_size),
         ]
@@ -457,13 +499,19 @@ def sample_batch(
     rng: np.random.Generator,
     device: str,
     background: bool = False,
+    still: bool = False,
 ):
     """Random flipped images (B, 3, H, W) float and targets (B, h, w) long; with ``background`` the
-    episode's static background (``pairs.background``) gets ``BACKGROUND_ID`` where no motion id is."""
+    episode's static background (``pairs.background``) gets ``BACKGROUND_ID`` where no motion id is, with
+    ``still`` the still objects (``pairs.still``) get ``STILL_OFFSET`` + their id there."""
     idx = rng.integers(0, len(pairs.images), size=batch)
     imgs, tg = pairs.images[idx].copy(), targets[idx].copy()
     if background:
         tg[(tg == 0) & pairs.background[idx]] = BACKGROUND_ID
+    if still:
+        ids = pairs.still[idx]
+        free = (tg == 0) & (ids > 0)
+        tg[free] = STILL_OFFSET + ids[free]
     flip = rng.random(batch) < 0.5
     imgs[flip], tg[flip] = imgs[flip, :, ::-1], tg[flip, :, ::-1]
     images = torch.from_numpy(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2).float().to(device)
@@ -542,6 +590,9 @@ def train(tcfg: TrainConfig, progress: bool = True, pairs: PairData | None = Non
     if tcfg.static_background > 0 and pairs.background is None:
         log.warning("the training pairs have no background masks: training without --static-background")
         tcfg = dataclasses.replace(tcfg, static_background=0.0)
+    if tcfg.still_objects > 0 and pairs.still is None:
+        log.warning("the training pairs have no still-object masks: training without --still-objects")
+        tcfg = dataclasses.replace(tcfg, still_objects=0.0)
     data_s = time.perf_counter() - t0
     net = EisenNet(cfg).to(tcfg.device).train()
     opt = torch.optim.Adam(net.parameters(), lr=tcfg.lr)
@@ -561,7 +612,9 @@ def train(tcfg: TrainConfig, progress: bool = True, pairs: PairData | None = Non
             targets = bootstrap_targets(net, cfg, pairs, base, tcfg.bootstrap_purity, tcfg.device)
             round_ += 1
             log.info("bootstrapped targets (round %d): %.2f ids per frame", round_, _ids_per_frame(targets))
-        batch = sample_batch(pairs, targets, tcfg.batch, rng, tcfg.device, tcfg.static_background > 0)
+        batch = sample_batch(
+            pairs, targets, tcfg.batch, rng, tcfg.device, tcfg.static_background > 0, tcfg.still_objects > 0
+        )
         loss = _step(net, cfg, opt, tcfg, *batch, gen, step)
         losses.append(loss)
         step += 1
