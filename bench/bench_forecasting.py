@@ -11,7 +11,9 @@
    sampler also under bf16 autocast (each fast variant is timed after one untimed forecast). The full
    protocol (N = 100, K = 5, H = 15) takes on the order of an hour for the naive loop on 2 CPU cores, so by
    default both run a reduced protocol (--official-points/-samples/-horizon); the ratio is the figure.
-   Goal: >= 100x (on a GPU: bench/gpu_forecasting.py runs the full protocol).
+   Goal: >= 100x (on a GPU: bench/gpu_forecasting.py runs the full protocol). It also counts both sides'
+   arithmetic (FlopCounterMode; the naive loop on meta tensors, so the count costs nothing): where both
+   run compute-bound at the same precision, as on a CPU, that ratio is the ceiling of the speedup.
   python bench/bench_forecasting.py [--json out.json] [--skip-official] [--official-full]
                                     [--weights W] [--threads 1 2]
 """
@@ -25,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from perception_nodes.forecasting.config import SamplingConfig, official, small
 from perception_nodes.forecasting.encoders import HieraTinyStandIn, ViTB32StandIn
@@ -93,6 +96,35 @@ def bench_small(threads: int, reps: int, weights: Path = SHIPPED) -> dict:
     }
 
 
+def tflops(fn) -> float:
+    """Floating-point operations of one call (torch's FlopCounterMode: matmuls, convolutions, attention)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e12
+
+
+@torch.no_grad()
+def naive_tflops(cfg, points: int, samples: int, horizon: int, history: torch.Tensor) -> float:
+    """The naive loop's arithmetic without running it: the same code on meta tensors (shapes only), plus the
+    global encoder re-run on K images at every evaluation."""
+    with torch.device("meta"):
+        model, glob = ARFM(cfg).eval(), ViTB32StandIn().eval()
+        fmaps = [torch.empty(1, c, s, s) for c, s in ((32, 128), (64, 64), (256, 32))]
+        inp = ForecastInputs(
+            fmaps,
+            torch.empty(1, cfg.num_global_tokens, cfg.global_dim),
+            torch.empty(history.shape),
+            torch.ones(1, points, history.shape[2], dtype=torch.bool),
+            torch.ones(1, points, dtype=torch.bool),
+            torch.empty(1, cfg.head_hidden_size),
+            torch.empty(1, cfg.text_tokens, cfg.text_dim),
+        )
+        noise = torch.empty(samples, horizon, points, 2)
+        images = torch.empty(samples, 3, 512, 512)
+    loop = tflops(lambda: sample_naive_official(model, inp, noise, num_steps=16))
+    return loop + 15 * horizon * tflops(lambda: glob(images))  # 15 evaluations per step
+
+
 @torch.no_grad()
 def bench_official(points: int, samples: int, horizon: int, threads: int) -> dict:
     torch.set_num_threads(threads)
@@ -141,6 +173,12 @@ def bench_official(points: int, samples: int, horizon: int, threads: int) -> dic
 
     fast, fast_ms, warm_ms = fast_path(False)
     low, low_ms, low_warm_ms = fast_path(True)
+    counted = FastSampler(
+        model, horizon, samples, sc.euler_steps, sc.t_end, sc.warm_start_t, sc.warm_start_steps
+    )
+    fast_tf = tflops(lambda: counted.sample(inputs(), noise))
+    fast_warm_tf = tflops(lambda: counted.sample(inputs(), noise, warm=aligned_warm(fast.numpy())))
+    naive_tf = naive_tflops(cfg, points, samples, horizon, history)
     images = image.expand(samples, -1, -1, -1)
     start = time.perf_counter()
     naive = sample_naive_official(model, inputs(), noise, reencode=lambda: glob(images), num_steps=16)
@@ -161,6 +199,11 @@ def bench_official(points: int, samples: int, horizon: int, threads: int) -> dic
         "speedup_bf16": naive_ms / low_ms,
         "speedup_bf16_warm": naive_ms / low_warm_ms,
         "bf16_vs_fp32_mean_abs_diff_px": float((low - fast).abs().mean()),
+        "naive_tflop": naive_tf,
+        "fast_tflop": fast_tf,
+        "fast_warm_tflop": fast_warm_tf,
+        "arithmetic_ratio": naive_tf / fast_tf,
+        "arithmetic_ratio_warm": naive_tf / fast_warm_tf,
     }
 
 
@@ -201,6 +244,12 @@ def main() -> None:
             f"{r['fast_bf16_ms']:.0f} ms cold, {r['fast_bf16_warm_ms']:.0f} ms warm -> "
             f"{r['speedup_bf16']:.1f}x, "
             f"{r['speedup_bf16_warm']:.1f}x (mean |bf16 - fp32| {r['bf16_vs_fp32_mean_abs_diff_px']:.3f} px)"
+        )
+        print(
+            f"arithmetic: naive {r['naive_tflop']:.2f} TFLOP, fast {r['fast_tflop']:.3f} cold / "
+            f"{r['fast_warm_tflop']:.3f} warm -> {r['arithmetic_ratio']:.1f}x / "
+            f"{r['arithmetic_ratio_warm']:.1f}x "
+            "(the speedup's ceiling at equal precision where both run compute-bound)"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")

@@ -231,6 +231,12 @@ def test_episode_still_labels_an_object_until_it_moves():
     changed = rgb.copy()
     changed[3, 8:20, 4:12] = 255 - changed[3, 8:20, 4:12]  # A's pixels differ in the frame it moves
     assert not (episode_still(motion, changed, [0], max_diff=4.0)[0][2:5, 1:3]).any()
+    arrival = [np.zeros((8, 8), bool) for _ in range(5)]
+    arrival[1][5:8, 5:7] = True  # B came to a stop lower down in frame 2
+    after = episode_still(motion, rgb, [0, 1, 2, 3, 4], max_diff=4.0, arrival=arrival)
+    assert not after[1][5:8, 5:7].any()  # not yet there
+    assert all((after[s][5:8, 5:7] > 0).all() for s in (2, 3, 4))  # there from frame 2 on
+    assert (after[2][2:5, 1:3] > 0).all() and after[2][2, 1] != after[2][6, 5]  # A before it moves, apart
 
 
 def test_still_objects_fill_only_unlabelled_nodes():

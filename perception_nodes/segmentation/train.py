@@ -119,6 +119,13 @@ class TrainConfig:
             "this mean |RGB| difference (0: off)"
         },
     )
+    still_directions: str = dataclasses.field(
+        default="both",
+        metadata={
+            "help": "still objects before they move (before) or also after they came to a stop (both: "
+            "needs DIS on the reversed pairs)"
+        },
+    )
     bags: tuple[str, ...] = dataclasses.field(default=(), metadata={"help": "sim bags to train on instead"})
     seed: int = dataclasses.field(default=0, metadata={"help": "training seed"})
     device: str = dataclasses.field(default="cpu", metadata={"help": "cpu or cuda"})
@@ -138,6 +145,8 @@ class TrainConfig:
             raise ValueError("steps, batch must be >= 1 and lr > 0")
         if self.static_background < 0 or self.background_margin < 0 or self.still_objects < 0:
             raise ValueError("static_background, background_margin and still_objects must be >= 0")
+        if self.still_directions not in ("before", "both"):
+            raise ValueError(f"still_directions must be 'before' or 'both', got {self.still_directions!r}")
         if any(not 0 < f < 1 for f in self.bootstrap_at):
             raise ValueError(f"bootstrap_at fractions must be in (0, 1), got {self.bootstrap_at}")
 
@@ -231,32 +240,72 @@ def episode_background(motion: list[np.ndarray], margin: int) -> np.ndarray:
 
 
 def episode_still(
-    motion: list[np.ndarray], rgb: np.ndarray, frames: list[int], max_diff: float
+    motion: list[np.ndarray],
+    rgb: np.ndarray,
+    frames: list[int],
+    max_diff: float,
+    arrival: list[np.ndarray] | None = None,
 ) -> list[np.ndarray]:
-    """Still-object targets of a static-camera episode: for each frame s in ``frames``, (h, w) uint8 ids
-    of the motion regions of later pairs t > s that no motion mask of pairs s..t-1 touched (the object has
-    not moved yet) and inside which frames s and t differ by at most ``max_diff`` (mean |RGB|, 0-255).
-    What moves together is an object; it stays that object while it stands still.
+    """Still-object targets of a static-camera episode: for each frame s in ``frames``, (h, w) uint8 ids of
 
-    motion: the map-size bool masks of pairs 0..T-2; rgb: (T, H, W, 3) uint8 frames at the input size."""
+    - the motion regions of later pairs t > s that no motion mask of pairs s..t-1 touched (the object has
+      not moved yet) and inside which frames s and t differ by at most ``max_diff`` (mean |RGB|, 0-255);
+    - with ``arrival``, the regions where objects came to a stop in earlier pairs t < s (``arrival[t]``, on
+      frame t + 1) that no motion mask of pairs t+1..s touched and that frames t + 1 and s show alike.
+
+    What moves together is an object; it stays that object while it stands still. Regions that overlap an
+    earlier claim are skipped (later motion first, nearest in time first).
+
+    motion: the map-size bool masks of pairs 0..T-2 (on frame t); arrival: the same from the reversed pairs
+    (on frame t + 1); rgb: (T, H, W, 3) uint8 frames at the input size."""
     regions = [motion_segments(m) for m in motion]
-    H, W = rgb.shape[1:3]
+    arrived = [motion_segments(m) for m in arrival] if arrival is not None else None
     out = []
     for s in frames:
         ids = np.zeros_like(regions[0])
         touched = motion[s].copy()
         for t in range(s + 1, len(motion)):
-            for k in range(1, int(regions[t].max()) + 1):
-                region = regions[t] == k
-                if ids.max() >= 127 or (region & (touched | (ids > 0))).any():
-                    continue
-                full = cv2.resize(region.astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST) > 0
-                diff = np.abs(rgb[s][full].astype(np.int16) - rgb[t][full].astype(np.int16)).mean()
-                if diff <= max_diff:
-                    ids[region] = ids.max() + 1
+            _claim(ids, regions[t], touched, rgb[s], rgb[t], max_diff)
+            touched |= motion[t]
+        touched = motion[s].copy()
+        for t in range(s - 1, -1, -1) if arrived is not None else ():
+            _claim(ids, arrived[t], touched, rgb[s], rgb[t + 1], max_diff)
             touched |= motion[t]
         out.append(ids)
     return out
+
+
+def _claim(
+    ids: np.ndarray, regions: np.ndarray, touched: np.ndarray, rgb_s: np.ndarray, rgb_t: np.ndarray, max_diff
+) -> None:
+    """Give each region (uint8 ids) free of ``touched`` and of earlier claims, inside which the two frames
+    differ by at most ``max_diff``, the next id in ``ids`` (in place; at most 127 ids)."""
+    H, W = rgb_s.shape[:2]
+    for k in range(1, int(regions.max()) + 1):
+        region = regions == k
+        if ids.max() >= 127 or (region & (touched | (ids > 0))).any():
+            continue
+        full = cv2.resize(region.astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST) > 0
+        if np.abs(rgb_s[full].astype(np.int16) - rgb_t[full].astype(np.int16)).mean() <= max_diff:
+            ids[region] = ids.max() + 1
+
+
+def episode_motion(ep, rgb: np.ndarray, cfg: EisenConfig, tcfg: TrainConfig, dis) -> tuple[list, list | None]:
+    """Input-size motion masks of an episode's pairs t -> t+1 (on frame t) and, for ``--still-directions
+    both`` with DIS, of the reversed pairs (on frame t+1: where a moving object arrived)."""
+    H, W = cfg.input_size
+    every, arrival = [], [] if tcfg.flow == "dis" and tcfg.still_directions == "both" else None
+    for t in range(len(rgb) - 1):
+        if tcfg.flow == "gt":
+            flow = np.nan_to_num(ep.flow[t])
+            moving = np.linalg.norm(flow, axis=-1) * (W / ep.rgb.shape[2]) > tcfg.flow_threshold
+            every.append(cv2.resize(moving.astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST) > 0)
+            continue
+        args = (tcfg.flow_threshold, dis, tcfg.chroma_support, tcfg.support_radius)
+        every.append(motion_mask(rgb[t], rgb[t + 1], *args))
+        if arrival is not None:
+            arrival.append(to_map(motion_mask(rgb[t + 1], rgb[t], *args), cfg.map_size))
+    return every, arrival
 
 
 def pairs_from_episodes(episodes, cfg: EisenConfig, tcfg: TrainConfig) -> PairData:
@@ -265,27 +314,19 @@ def pairs_from_episodes(episodes, cfg: EisenConfig, tcfg: TrainConfig) -> PairDa
     images, motion, inst, background, still = [], [], [], [], []
     for ep in episodes:
         rgb = np.stack([cv2.resize(f, (W, H), interpolation=cv2.INTER_AREA) for f in ep.rgb])
-        every, kept = [], []
-        for t in range(len(rgb) - 1):
-            if tcfg.flow == "gt":
-                flow = np.nan_to_num(ep.flow[t])
-                moving = np.linalg.norm(flow, axis=-1) * (W / ep.rgb.shape[2]) > tcfg.flow_threshold
-                moving = cv2.resize(moving.astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST) > 0
-            else:
-                moving = motion_mask(
-                    rgb[t], rgb[t + 1], tcfg.flow_threshold, dis, tcfg.chroma_support, tcfg.support_radius
-                )
-            frac = moving.mean()
-            every.append(to_map(moving, cfg.map_size))
-            if moving.sum() < tcfg.min_moving_pixels or frac > tcfg.max_moving_fraction:
-                continue
-            images.append(rgb[t])
-            motion.append(every[-1])
-            inst.append(cv2.resize(ep.instance[t], (W, H), interpolation=cv2.INTER_NEAREST))
-            kept.append(t)
+        moving, arrival = episode_motion(ep, rgb, cfg, tcfg, dis)
+        every = [to_map(m, cfg.map_size) for m in moving]
+        kept = [
+            t
+            for t, m in enumerate(moving)
+            if m.sum() >= tcfg.min_moving_pixels and m.mean() <= tcfg.max_moving_fraction
+        ]
+        images += [rgb[t] for t in kept]
+        motion += [every[t] for t in kept]
+        inst += [cv2.resize(ep.instance[t], (W, H), interpolation=cv2.INTER_NEAREST) for t in kept]
         if kept:
             background += [episode_background(every, tcfg.background_margin)] * len(kept)
-            still += episode_still(every, rgb, kept, tcfg.still_objects or STILL_MAX_DIFF)
+            still += episode_still(every, rgb, kept, tcfg.still_objects or STILL_MAX_DIFF, arrival)
     if not images:
         raise ValueError("no training pairs with motion found")
     return PairData(*map(np.stack, (images, motion, inst, background, still)))
@@ -347,6 +388,7 @@ def load_pairs(tcfg: TrainConfig, cfg: EisenConfig) -> PairData:
             tcfg.sim_shove_prob,
             tcfg.background_margin,
             tcfg.still_objects or STILL_MAX_DIFF,
+            tcfg.still_directions,
             list(tcfg.bags),
             list(cfg.input_size),
         ]
