@@ -19,6 +19,13 @@ camera, map nodes that no motion mask of their episode touches are one more targ
 whose rows get their own averaged KL term, so the table and the floor stop breaking into fragments. With
 a moving camera nearly every node moves at some time and the group is empty.
 
+Still objects (``--still-objects D``, not in the official recipe): with a static camera, a region that moves
+at some time of its episode is that object's extent in the frames where it stands still: before it moves
+(nothing touched it since and the image inside it is unchanged: mean |RGB| difference <= D) and, with
+``--still-directions both``, after it came to a stop (the region DIS finds on the reversed pair). Those
+regions become target groups of those frames too, so objects get supervised while they do not move, apart
+from their still neighbours. A moving camera changes the image inside every region: nothing is claimed.
+
 Checkpoints: ``OUT/eisen.safetensors`` + ``OUT/eisen.json`` (config), and ``OUT/train_state.safetensors`` +
 ``OUT/train_state.json`` (optimiser moments, step, targets round) to resume with ``--resume``.
 
