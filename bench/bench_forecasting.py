@@ -14,7 +14,7 @@
    Goal: >= 100x (on a GPU: bench/gpu_forecasting.py runs the full protocol). It also counts both sides'
    arithmetic (FlopCounterMode; the naive loop on meta tensors, so the count costs nothing): where both
    run compute-bound at the same precision, as on a CPU, that ratio is the ceiling of the speedup.
-  python bench/bench_forecasting.py [--json out.json] [--skip-official] [--official-full]
+  python bench/bench_forecasting.py [--json out.json] [--skip-official] [--official-full] [--arithmetic-full]
                                     [--weights W] [--threads 1 2]
 """
 
@@ -128,6 +128,46 @@ def naive_tflops(cfg, points: int, samples: int, horizon: int, history: torch.Te
 
 
 @torch.no_grad()
+def arithmetic(model: ARFM, frame: ForecastInputs, noise: torch.Tensor, history: torch.Tensor) -> dict:
+    """TFLOP of one forecast of the fast sampler (counted on a real run, cold and warm) and of the naive loop
+    (``naive_tflops``), both with the encoders run once on the frame; their ratio."""
+    sc = SamplingConfig()
+    samples, horizon, points = noise.shape[:3]
+    counted = FastSampler(
+        model, horizon, samples, sc.euler_steps, sc.t_end, sc.warm_start_t, sc.warm_start_steps
+    )
+    cold = counted.sample(frame, noise)  # set-up (folded weights) outside the count, as outside the timing
+    naive, encoders = naive_tflops(model.cfg, points, samples, horizon, history)
+    fast = tflops(lambda: counted.sample(frame, noise)) + encoders
+    warm = tflops(lambda: counted.sample(frame, noise, warm=aligned_warm(cold.numpy()))) + encoders
+    return {
+        "naive_tflop": naive + encoders,
+        "fast_tflop": fast,
+        "fast_warm_tflop": warm,
+        "arithmetic_ratio": (naive + encoders) / fast,
+        "arithmetic_ratio_warm": (naive + encoders) / warm,
+    }
+
+
+@torch.no_grad()
+def arithmetic_full() -> dict:
+    """``arithmetic`` for the full protocol (N = 100, K = 5, H = 15; runs the fast sampler only: ~1 min)."""
+    cfg, gen = official(), torch.Generator().manual_seed(0)
+    model, dense, glob = ARFM(cfg).eval(), HieraTinyStandIn().eval(), ViTB32StandIn().eval()
+    image, history = torch.rand(1, 3, 512, 512, generator=gen), torch.rand(1, 100, 1, 2, generator=gen) * 256
+    frame = ForecastInputs(
+        dense(image),
+        glob(image),
+        history,
+        torch.ones(1, 100, 1, dtype=torch.bool),
+        torch.ones(1, 100, dtype=torch.bool),
+        model.condition(1, torch.tensor([2]), torch.randn(1, cfg.text_dim, generator=gen), "cpu"),
+        torch.randn(1, cfg.text_tokens, cfg.text_dim, generator=gen),
+    )
+    return arithmetic(model, frame, torch.randn(5, 15, 100, 2, generator=gen), history)
+
+
+@torch.no_grad()
 def bench_official(points: int, samples: int, horizon: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -175,15 +215,6 @@ def bench_official(points: int, samples: int, horizon: int, threads: int) -> dic
 
     fast, fast_ms, warm_ms = fast_path(False)
     low, low_ms, low_warm_ms = fast_path(True)
-    counted = FastSampler(
-        model, horizon, samples, sc.euler_steps, sc.t_end, sc.warm_start_t, sc.warm_start_steps
-    )
-    frame = inputs()
-    counted.sample(frame, noise)  # set-up (folded weights) outside the count, as outside the timing
-    naive_tf, encoders_tf = naive_tflops(cfg, points, samples, horizon, history)
-    naive_tf += encoders_tf
-    fast_tf = tflops(lambda: counted.sample(frame, noise)) + encoders_tf
-    fast_warm_tf = tflops(lambda: counted.sample(frame, noise, warm=aligned_warm(fast.numpy()))) + encoders_tf
     images = image.expand(samples, -1, -1, -1)
     start = time.perf_counter()
     naive = sample_naive_official(model, inputs(), noise, reencode=lambda: glob(images), num_steps=16)
@@ -204,11 +235,7 @@ def bench_official(points: int, samples: int, horizon: int, threads: int) -> dic
         "speedup_bf16": naive_ms / low_ms,
         "speedup_bf16_warm": naive_ms / low_warm_ms,
         "bf16_vs_fp32_mean_abs_diff_px": float((low - fast).abs().mean()),
-        "naive_tflop": naive_tf,
-        "fast_tflop": fast_tf,
-        "fast_warm_tflop": fast_warm_tf,
-        "arithmetic_ratio": naive_tf / fast_tf,
-        "arithmetic_ratio_warm": naive_tf / fast_warm_tf,
+        **arithmetic(model, inputs(), noise, history),
     }
 
 
@@ -225,6 +252,9 @@ def main() -> None:
     ap.add_argument("--official-points", type=int, default=16)
     ap.add_argument("--official-samples", type=int, default=2)
     ap.add_argument("--official-horizon", type=int, default=4)
+    ap.add_argument(
+        "--arithmetic-full", action="store_true", help="also count the full protocol's arithmetic (~1 min)"
+    )
     args = ap.parse_args()
     out: dict = {"small": [bench_small(t, args.reps, Path(args.weights)) for t in args.threads]}
     for r in out["small"]:
@@ -255,6 +285,13 @@ def main() -> None:
             f"{r['fast_warm_tflop']:.3f} warm -> {r['arithmetic_ratio']:.1f}x / "
             f"{r['arithmetic_ratio_warm']:.1f}x "
             "(the speedup's ceiling at equal precision where both run compute-bound)"
+        )
+    if args.arithmetic_full:
+        r = out["arithmetic_full"] = arithmetic_full()
+        print(
+            f"arithmetic, N=100 K=5 H=15: naive {r['naive_tflop']:.1f} TFLOP, fast {r['fast_tflop']:.2f} "
+            f"cold / {r['fast_warm_tflop']:.2f} warm -> {r['arithmetic_ratio']:.1f}x / "
+            f"{r['arithmetic_ratio_warm']:.1f}x"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
