@@ -119,7 +119,7 @@ class TrainConfig:
         default=2, metadata={"help": "map pixels kept unsupervised around an episode's motion"}
     )
     still_objects: float = dataclasses.field(
-        default=0.0,
+        default=4.0,
         metadata={
             "help": "static camera only: a region that moves later in its episode is also a target group "
             "in the earlier frames where it has not moved yet and the image inside it differs by at most "
@@ -127,10 +127,10 @@ class TrainConfig:
         },
     )
     still_directions: str = dataclasses.field(
-        default="both",
+        default="before",
         metadata={
-            "help": "still objects before they move (before) or also after they came to a stop (both: "
-            "needs DIS on the reversed pairs)"
+            "help": "still objects before they move (before) or also after they came to a stop (both: DIS "
+            "on the reversed pairs; one run each: 0.423 vs 0.444 held-out mIoU for before)"
         },
     )
     bags: tuple[str, ...] = dataclasses.field(default=(), metadata={"help": "sim bags to train on instead"})
@@ -231,7 +231,7 @@ class PairData:
 
 
 FIELDS = ("images", "motion", "instance", "background", "still")
-STILL_MAX_DIFF = 4.0  # the pairs' still-object masks when --still-objects is off (kept in the cache)
+STILL_MAX_DIFF = 4.0  # the pairs' still-object masks when --still-objects is 0 (kept in the cache)
 BACKGROUND_ID = 255  # target id of the static background group (explain_away ids stay below it)
 STILL_OFFSET = 128  # still-object ids become STILL_OFFSET + id (motion and explain_away ids stay below)
 
