@@ -104,40 +104,40 @@ def tflops(fn) -> float:
 
 
 @torch.no_grad()
-def naive_tflops(cfg, points: int, samples: int, horizon: int, history: torch.Tensor) -> tuple[float, float]:
+def naive_tflops(cfg, samples: int, horizon: int, history: torch.Size) -> tuple[float, float]:
     """Arithmetic without running anything (the same code on meta tensors: shapes only): the naive loop with
     the global encoder re-run on K images at every evaluation, and the two encoders run once on the frame
     (both sides pay that; on real tensors the ViT's fused fast path escapes the counter)."""
+    points = history[1]
     with torch.device("meta"):
         model, dense, glob = ARFM(cfg).eval(), HieraTinyStandIn().eval(), ViTB32StandIn().eval()
-        fmaps = [torch.empty(1, c, s, s) for c, s in ((32, 128), (64, 64), (256, 32))]
+        image, images = torch.empty(1, 3, 512, 512), torch.empty(samples, 3, 512, 512)
         inp = ForecastInputs(
-            fmaps,
-            torch.empty(1, cfg.num_global_tokens, cfg.global_dim),
-            torch.empty(history.shape),
-            torch.ones(1, points, history.shape[2], dtype=torch.bool),
+            dense(image),
+            glob(image),
+            torch.empty(history),
+            torch.ones(history[:3], dtype=torch.bool),
             torch.ones(1, points, dtype=torch.bool),
             torch.empty(1, cfg.head_hidden_size),
             torch.empty(1, cfg.text_tokens, cfg.text_dim),
         )
         noise = torch.empty(samples, horizon, points, 2)
-        image, images = torch.empty(1, 3, 512, 512), torch.empty(samples, 3, 512, 512)
     loop = tflops(lambda: sample_naive_official(model, inp, noise, num_steps=16))
     once = tflops(lambda: (dense(image), glob(image)))
     return loop + 15 * horizon * tflops(lambda: glob(images)), once  # 15 evaluations per step
 
 
 @torch.no_grad()
-def arithmetic(model: ARFM, frame: ForecastInputs, noise: torch.Tensor, history: torch.Tensor) -> dict:
+def arithmetic(model: ARFM, frame: ForecastInputs, noise: torch.Tensor) -> dict:
     """TFLOP of one forecast of the fast sampler (counted on a real run, cold and warm) and of the naive loop
     (``naive_tflops``), both with the encoders run once on the frame; their ratio."""
     sc = SamplingConfig()
-    samples, horizon, points = noise.shape[:3]
+    samples, horizon = noise.shape[:2]
     counted = FastSampler(
         model, horizon, samples, sc.euler_steps, sc.t_end, sc.warm_start_t, sc.warm_start_steps
     )
     cold = counted.sample(frame, noise)  # set-up (folded weights) outside the count, as outside the timing
-    naive, encoders = naive_tflops(model.cfg, points, samples, horizon, history)
+    naive, encoders = naive_tflops(model.cfg, samples, horizon, frame.history.shape)
     fast = tflops(lambda: counted.sample(frame, noise)) + encoders
     warm = tflops(lambda: counted.sample(frame, noise, warm=aligned_warm(cold.numpy()))) + encoders
     return {
@@ -164,7 +164,7 @@ def arithmetic_full() -> dict:
         model.condition(1, torch.tensor([2]), torch.randn(1, cfg.text_dim, generator=gen), "cpu"),
         torch.randn(1, cfg.text_tokens, cfg.text_dim, generator=gen),
     )
-    return arithmetic(model, frame, torch.randn(5, 15, 100, 2, generator=gen), history)
+    return arithmetic(model, frame, torch.randn(5, 15, 100, 2, generator=gen))
 
 
 @torch.no_grad()
@@ -235,7 +235,7 @@ def bench_official(points: int, samples: int, horizon: int, threads: int) -> dic
         "speedup_bf16": naive_ms / low_ms,
         "speedup_bf16_warm": naive_ms / low_warm_ms,
         "bf16_vs_fp32_mean_abs_diff_px": float((low - fast).abs().mean()),
-        **arithmetic(model, inputs(), noise, history),
+        **arithmetic(model, inputs(), noise),
     }
 
 
