@@ -149,21 +149,24 @@ def arithmetic(model: ARFM, frame: ForecastInputs, noise: torch.Tensor) -> dict:
     }
 
 
+def official_frame(model: ARFM, dense, glob, image, history, pooled, text) -> ForecastInputs:
+    """One frame's inputs for the ``official`` model: both encoders run on the image, every point observed
+    and valid, camera-motion class 2 (unknown) and the text's pooled embedding as conditioning."""
+    n = history.shape[1]
+    cond = model.condition(1, torch.tensor([2]), pooled, "cpu")
+    valid = torch.ones(1, n, dtype=torch.bool)
+    return ForecastInputs(dense(image), glob(image), history, valid[:, :, None], valid, cond, text)
+
+
 @torch.no_grad()
 def arithmetic_full() -> dict:
     """``arithmetic`` for the full protocol (N = 100, K = 5, H = 15; runs the fast sampler only: ~1 min)."""
     cfg, gen = official(), torch.Generator().manual_seed(0)
     model, dense, glob = ARFM(cfg).eval(), HieraTinyStandIn().eval(), ViTB32StandIn().eval()
     image, history = torch.rand(1, 3, 512, 512, generator=gen), torch.rand(1, 100, 1, 2, generator=gen) * 256
-    frame = ForecastInputs(
-        dense(image),
-        glob(image),
-        history,
-        torch.ones(1, 100, 1, dtype=torch.bool),
-        torch.ones(1, 100, dtype=torch.bool),
-        model.condition(1, torch.tensor([2]), torch.randn(1, cfg.text_dim, generator=gen), "cpu"),
-        torch.randn(1, cfg.text_tokens, cfg.text_dim, generator=gen),
-    )
+    pooled = torch.randn(1, cfg.text_dim, generator=gen)
+    text = torch.randn(1, cfg.text_tokens, cfg.text_dim, generator=gen)
+    frame = official_frame(model, dense, glob, image, history, pooled, text)
     return arithmetic(model, frame, torch.randn(5, 15, 100, 2, generator=gen))
 
 
@@ -185,16 +188,7 @@ def bench_official(points: int, samples: int, horizon: int, threads: int) -> dic
     noise = torch.randn(samples, horizon, points, 2, generator=gen)
 
     def inputs():
-        cond = model.condition(1, torch.tensor([2]), pooled, "cpu")
-        return ForecastInputs(
-            dense(image),
-            glob(image),
-            history,
-            torch.ones(1, points, 1, dtype=torch.bool),
-            torch.ones(1, points, dtype=torch.bool),
-            cond,
-            text,
-        )
+        return official_frame(model, dense, glob, image, history, pooled, text)
 
     sc = SamplingConfig()
 
