@@ -17,7 +17,10 @@ to split objects that move together.
 Static background (``--static-background``, on by default; not in the official recipe): with a static
 camera, map nodes that no motion mask of their episode touches are one more target group, the background,
 whose rows get their own averaged KL term, so the table and the floor stop breaking into fragments. With
-a moving camera nearly every node moves at some time and the group is empty.
+a moving camera nearly every node moves at some time and the group is empty. Vacated floor
+(``--vacated-background D``, not in the official recipe): near motion, the nodes where a frame shows what the
+episode's first and last frames show (mean |RGB| difference <= D) join that frame's background group: the
+floor that objects uncover and cover as they move, otherwise left unsupervised.
 
 Still objects (``--still-objects D``, not in the official recipe): with a static camera, a region that moves
 at some time of its episode is that object's extent in the frames where it stands still: before it moves
@@ -118,6 +121,14 @@ class TrainConfig:
     background_margin: int = dataclasses.field(
         default=2, metadata={"help": "map pixels kept unsupervised around an episode's motion"}
     )
+    vacated_background: float = dataclasses.field(
+        default=4.0,
+        metadata={
+            "help": "static camera only: nodes near motion also join a frame's background group where the "
+            "frame matches the episode's first and last frames within this mean |RGB| difference: the "
+            "floor an object uncovered (0: off)"
+        },
+    )
     still_objects: float = dataclasses.field(
         default=4.0,
         metadata={
@@ -150,8 +161,13 @@ class TrainConfig:
             raise ValueError(f"flow must be 'dis' or 'gt', got {self.flow!r}")
         if self.steps < 1 or self.batch < 1 or self.lr <= 0:
             raise ValueError("steps, batch must be >= 1 and lr > 0")
-        if self.static_background < 0 or self.background_margin < 0 or self.still_objects < 0:
-            raise ValueError("static_background, background_margin and still_objects must be >= 0")
+        if (
+            min(self.static_background, self.background_margin, self.still_objects, self.vacated_background)
+            < 0
+        ):
+            raise ValueError(
+                "static_background, background_margin, still_objects, vacated_background must be >= 0"
+            )
         if self.still_directions not in ("before", "both"):
             raise ValueError(f"still_directions must be 'before' or 'both', got {self.still_directions!r}")
         if any(not 0 < f < 1 for f in self.bootstrap_at):
@@ -246,6 +262,20 @@ def episode_background(motion: list[np.ndarray], margin: int) -> np.ndarray:
     return union == 0
 
 
+def episode_vacated(rgb: np.ndarray, frame: int, map_size: tuple[int, int], max_diff: float) -> np.ndarray:
+    """(h, w) bool: map nodes where frame ``frame`` of a static-camera episode shows what its first and last
+    frames show (mean |RGB| over the node at most ``max_diff``, 0-255). An object that moved during the
+    episode changes its old or its new place, so what stays alike is mostly floor it uncovered (sim check on
+    8 training episodes: 99.5 % ground-truth background, 59 % of the background left unlabelled without it).
+
+    rgb: (T, H, W, 3) uint8 frames at the input size."""
+    h, w = map_size
+    here = rgb[frame].astype(np.int16)
+    diff = [np.abs(here - rgb[e].astype(np.int16)).mean(-1).astype(np.float32) for e in (0, len(rgb) - 1)]
+    node = [cv2.resize(d, (w, h), interpolation=cv2.INTER_AREA) for d in diff]
+    return np.maximum(*node) <= max_diff
+
+
 def episode_still(
     motion: list[np.ndarray],
     rgb: np.ndarray,
@@ -297,6 +327,21 @@ def _claim(
             ids[region] = ids.max() + 1
 
 
+def frame_backgrounds(every, rgb, kept, claimed, map_size, tcfg: TrainConfig) -> list[np.ndarray]:
+    """(h, w) bool background group of each kept frame: the episode's background and, with
+    ``--vacated-background``, the frame's vacated floor off its motion and its still objects (where they
+    meet, the floor rule is wrong more often than not: 41 % background on 2 sim episodes).
+
+    every: map-size motion masks of all pairs; kept: the frames; claimed: their still-object ids."""
+    base = episode_background(every, tcfg.background_margin)
+    if not tcfg.vacated_background:
+        return [base] * len(kept)
+    return [
+        base | (episode_vacated(rgb, t, map_size, tcfg.vacated_background) & ~every[t] & (ids == 0))
+        for t, ids in zip(kept, claimed, strict=True)
+    ]
+
+
 def episode_motion(ep, rgb: np.ndarray, cfg: EisenConfig, tcfg: TrainConfig, dis) -> tuple[list, list | None]:
     """Input-size motion masks of an episode's pairs t -> t+1 (on frame t) and, for ``--still-directions
     both`` with DIS, of the reversed pairs (on frame t+1: where a moving object arrived)."""
@@ -332,8 +377,9 @@ def pairs_from_episodes(episodes, cfg: EisenConfig, tcfg: TrainConfig) -> PairDa
         motion += [every[t] for t in kept]
         inst += [cv2.resize(ep.instance[t], (W, H), interpolation=cv2.INTER_NEAREST) for t in kept]
         if kept:
-            background += [episode_background(every, tcfg.background_margin)] * len(kept)
-            still += episode_still(every, rgb, kept, tcfg.still_objects or STILL_MAX_DIFF, arrival)
+            claimed = episode_still(every, rgb, kept, tcfg.still_objects or STILL_MAX_DIFF, arrival)
+            still += claimed
+            background += frame_backgrounds(every, rgb, kept, claimed, cfg.map_size, tcfg)
     if not images:
         raise ValueError("no training pairs with motion found")
     return PairData(*map(np.stack, (images, motion, inst, background, still)))
@@ -394,6 +440,7 @@ def load_pairs(tcfg: TrainConfig, cfg: EisenConfig) -> PairData:
             tcfg.sim_seed,
             tcfg.sim_shove_prob,
             tcfg.background_margin,
+            tcfg.vacated_background,
             tcfg.still_objects or STILL_MAX_DIFF,
             tcfg.still_directions,
             list(tcfg.bags),
