@@ -242,7 +242,7 @@ class PairData:
     images: np.ndarray  # (P, H, W, 3) uint8
     motion: np.ndarray  # (P, h, w) bool
     instance: np.ndarray  # (P, H, W) uint16 ground truth (diagnostics only, never used by the loss)
-    background: np.ndarray | None = None  # (P, h, w) bool: still all episode (``episode_background``)
+    background: np.ndarray | None = None  # (P, h, w) bool: background group (``frame_backgrounds``)
     still: np.ndarray | None = None  # (P, h, w) uint8 ids of regions that move later (``episode_still``)
 
 
