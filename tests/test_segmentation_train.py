@@ -262,14 +262,14 @@ def test_episode_vacated_is_the_floor_an_object_passed_over():
         k: (slice(v[0].start // 4, v[0].stop // 4), slice(v[1].start // 4, v[1].stop // 4))
         for k, v in places.items()
     }
-    vac = episode_vacated(rgb, 2, (8, 8), max_diff=4.0)
+    (vac,) = episode_vacated(rgb, [2], (8, 8), max_diff=4.0)
     assert vac[node["C"]].all()  # where it passed: floor in frames 0, 2 and 3
     assert not vac[node["A"]].any() and not vac[node["B"]].any()  # where it was first or stays: unknown
     assert vac.sum() == 64 - 2 * 4  # everything else is floor in all three frames
-    assert not episode_vacated(rgb, 1, (8, 8), max_diff=4.0)[node["C"]].any()  # the square is there then
+    assert not episode_vacated(rgb, [1], (8, 8), max_diff=4.0)[0][node["C"]].any()  # the square is there then
     lit = rgb.copy()
     lit[2] = np.clip(lit[2].astype(int) + 10, 0, 255)  # the frame changes (light, camera): nothing
-    assert not episode_vacated(lit, 2, (8, 8), max_diff=4.0).any()
+    assert not episode_vacated(lit, [2], (8, 8), max_diff=4.0)[0].any()
 
 
 def test_still_objects_fill_only_unlabelled_nodes():

@@ -161,10 +161,13 @@ class TrainConfig:
             raise ValueError(f"flow must be 'dis' or 'gt', got {self.flow!r}")
         if self.steps < 1 or self.batch < 1 or self.lr <= 0:
             raise ValueError("steps, batch must be >= 1 and lr > 0")
-        if (
-            min(self.static_background, self.background_margin, self.still_objects, self.vacated_background)
-            < 0
-        ):
+        weights = (
+            self.static_background,
+            self.background_margin,
+            self.still_objects,
+            self.vacated_background,
+        )
+        if min(weights) < 0:
             raise ValueError(
                 "static_background, background_margin, still_objects, vacated_background must be >= 0"
             )
@@ -262,18 +265,24 @@ def episode_background(motion: list[np.ndarray], margin: int) -> np.ndarray:
     return union == 0
 
 
-def episode_vacated(rgb: np.ndarray, frame: int, map_size: tuple[int, int], max_diff: float) -> np.ndarray:
-    """(h, w) bool: map nodes where frame ``frame`` of a static-camera episode shows what its first and last
-    frames show (mean |RGB| over the node at most ``max_diff``, 0-255). An object that moved during the
-    episode changes its old or its new place, so what stays alike is mostly floor it uncovered (sim check on
-    8 training episodes: 99.5 % ground-truth background, 59 % of the background left unlabelled without it).
+def episode_vacated(
+    rgb: np.ndarray, frames: list[int], map_size: tuple[int, int], max_diff: float
+) -> list[np.ndarray]:
+    """(h, w) bool per frame in ``frames``: map nodes where that frame of a static-camera episode shows what
+    its first and last frames show (mean |RGB| over the node at most ``max_diff``, 0-255). An object that
+    moved during the episode changes its old or its new place, so what stays alike is mostly floor it
+    uncovered (sim check on 8 training episodes: 99.5 % ground-truth background, 59 % of the background left
+    unlabelled without it).
 
     rgb: (T, H, W, 3) uint8 frames at the input size."""
     h, w = map_size
-    here = rgb[frame].astype(np.int16)
-    diff = [np.abs(here - rgb[e].astype(np.int16)).mean(-1).astype(np.float32) for e in (0, len(rgb) - 1)]
-    node = [cv2.resize(d, (w, h), interpolation=cv2.INTER_AREA) for d in diff]
-    return np.maximum(*node) <= max_diff
+    ends = rgb[[0, -1]].astype(np.int16)  # (2, H, W, 3)
+    out = []
+    for t in frames:
+        diff = np.abs(rgb[t].astype(np.int16) - ends).mean(-1).astype(np.float32)  # (2, H, W)
+        node = [cv2.resize(d, (w, h), interpolation=cv2.INTER_AREA) for d in diff]
+        out.append(np.maximum(*node) <= max_diff)
+    return out
 
 
 def episode_still(
@@ -336,9 +345,9 @@ def frame_backgrounds(every, rgb, kept, claimed, map_size, tcfg: TrainConfig) ->
     base = episode_background(every, tcfg.background_margin)
     if not tcfg.vacated_background:
         return [base] * len(kept)
+    vacated = episode_vacated(rgb, kept, map_size, tcfg.vacated_background)
     return [
-        base | (episode_vacated(rgb, t, map_size, tcfg.vacated_background) & ~every[t] & (ids == 0))
-        for t, ids in zip(kept, claimed, strict=True)
+        base | (floor & ~every[t] & (ids == 0)) for t, floor, ids in zip(kept, vacated, claimed, strict=True)
     ]
 
 
