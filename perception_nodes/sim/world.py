@@ -300,6 +300,7 @@ def generate_episode(cfg: SimConfig, seed: int, timings: dict[str, float] | None
             meta={
                 "moving_camera": bool(path.moving),
                 "pusher_shape": scene.pusher.shape,
+                "pusher_half_size": [float(v) for v in scene.pusher.half_size],
                 "gripped": [int(g) for g in stack["gripped"]],
             },
         )
