@@ -33,7 +33,8 @@ Self mask (``--self-mask``, not in the official recipe): the robot knows where i
 (joint states and its model; in the sim, the pusher's pose and size), so its body is taken out of the
 motion targets and is a target group of its own in every frame (``robot_masks``, ``explain_robot``).
 Without it the pusher's motion region is mostly what it pushes (10 training episodes, ground truth only
-to measure: 23 % pusher, 50 % other objects, 26 % floor; with it the pusher's group is 81 % pusher).
+to measure: 23 % pusher, 50 % other objects, 26 % floor; with it the pusher's group is 81 % pusher). Off by
+default: with the model card's recipe it scored 0.488 held-out vs 0.499 without it (more split objects).
 
 Checkpoints: ``OUT/eisen.safetensors`` + ``OUT/eisen.json`` (config), and ``OUT/train_state.safetensors`` +
 ``OUT/train_state.json`` (optimiser moments, step, targets round) to resume with ``--resume``.
@@ -154,7 +155,8 @@ class TrainConfig:
         default=False,
         metadata={
             "help": "the robot's end effector (the sim's pusher), placed from its own pose and shape, is "
-            "taken out of the motion targets and is a target group of its own in every frame"
+            "taken out of the motion targets and is a target group of its own in every frame (held-out "
+            "mIoU 0.488 vs 0.499 without it, one run each)"
         },
     )
     bags: tuple[str, ...] = dataclasses.field(default=(), metadata={"help": "sim bags to train on instead"})
