@@ -320,10 +320,11 @@ def test_self_mask_takes_the_pusher_out_of_the_motion_targets():
     tcfg = TrainConfig(out="unused", sim_episodes=1, sim_seed=1001, self_mask=True)
     cfg = EisenConfig.preset("small")
     h, w = cfg.map_size
-    plain = pairs_from_episodes(sim_episodes(tcfg, cfg), cfg, dataclasses.replace(tcfg, self_mask=False))
-    pairs = pairs_from_episodes(sim_episodes(tcfg, cfg), cfg, tcfg)
+    episodes = list(sim_episodes(tcfg, cfg))
+    plain = pairs_from_episodes(episodes, cfg, dataclasses.replace(tcfg, self_mask=False))
+    pairs = pairs_from_episodes(episodes, cfg, tcfg)
     assert not plain.robot.any() and pairs.robot.any()
-    ep = next(sim_episodes(tcfg, cfg))
+    ep = episodes[0]
     inst = np.stack([cv2.resize(i, (w, h), interpolation=cv2.INTER_NEAREST) for i in pairs.instance])
     pusher = inst == ep.pusher_id
     assert plain.motion[pusher].mean() > 0.5  # without it the pusher is in the motion targets ...
@@ -332,7 +333,7 @@ def test_self_mask_takes_the_pusher_out_of_the_motion_targets():
     assert (pairs.motion <= plain.motion).all() and not (pairs.motion & pairs.robot).any()
 
 
-def test_robot_nodes_take_the_robot_id_before_background_and_still_fill():
+def test_robot_nodes_take_the_robot_id_before_the_background_fills_in():
     from perception_nodes.segmentation.train import BACKGROUND_ID, ROBOT_ID, explain_robot, sample_batch
 
     motion = np.zeros((1, 6, 6), bool)
