@@ -148,7 +148,11 @@ class SamplingConfig:
         default=1, metadata={"help": "Euler steps that refine a warm-started step (1: as good as 2 on sim)"}
     )
     t_end: float = field(
-        default=1.0, metadata={"help": "flow time the Euler integration stops at (official: 15/16)"}
+        default=15 / 16,
+        metadata={
+            "help": "flow time the Euler integration stops at (as the released code; validation moving-point "
+            "ratio 0.615 vs 0.625 at 1.0, mean of 4 sample seeds)"
+        },
     )
     seed: int = field(default=0, metadata={"help": "noise seed (-1: nondeterministic)"})
 
