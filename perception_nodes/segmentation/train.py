@@ -282,21 +282,21 @@ def robot_masks(ep, input_size: tuple[int, int], map_size: tuple[int, int]) -> n
 
     ep: a sim ``Episode`` (object_poses (T, M, 7) world x, y, z, qw, qx, qy, qz; cam_to_world (T, 4, 4)
     optical frame -> world; camera at the episode's size)."""
-    from transforms3d.quaternions import quat2mat
+    from perception_nodes.sim.geometry import invert, pose_to_matrix
 
     half = ep.meta.get("pusher_half_size")
-    if half is None or ep.pusher_id not in list(ep.object_ids):
+    ids = list(ep.object_ids)
+    if half is None or ep.pusher_id not in ids:
         return None
     hx, hy, hz = half
     corners = np.array([[sx * hx, sy * hy, z] for sx in (-1, 1) for sy in (-1, 1) for z in (0.0, 2 * hz)])
     H, W = input_size
     cam = ep.camera.scaled(W, H)
-    k = list(ep.object_ids).index(ep.pusher_id)
+    body_to_cam = invert(ep.cam_to_world) @ pose_to_matrix(ep.object_poses[:, ids.index(ep.pusher_id)])
+    rot, shift = body_to_cam[:, :3, :3], body_to_cam[:, None, :3, 3]
+    corners_cam = corners @ rot.transpose(0, 2, 1) + shift  # (T, 8, 3)
     out = np.zeros((ep.num_frames, *map_size), bool)
-    for t, pose in enumerate(ep.object_poses[:, k]):
-        world = corners @ quat2mat(pose[3:7]).T + pose[:3]  # (8, 3) metres
-        c2w = ep.cam_to_world[t]
-        pts = (world - c2w[:3, 3]) @ c2w[:3, :3]  # (8, 3) camera optical frame
+    for t, pts in enumerate(corners_cam):  # (8, 3) metres, camera optical frame
         if (pts[:, 2] <= 0.01).any():
             continue
         mask = np.zeros((H, W), np.uint8)
