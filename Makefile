@@ -22,7 +22,7 @@ $(STAMP): setup.py Makefile
 	python3 -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[ml,sim,dev]'
+	$(PIP) -e '.[ml,sim,dev,geometry]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -40,6 +40,8 @@ setup(
         "ml": ["torch>=2.3", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1"],
         "sim": ["mujoco>=3.1"],
         "dev": ["pytest>=8", "ruff>=0.6"],
+        # RANSAC support plane for depth-aware segments; on a robot with a GPU `open3d` serves as well
+        "geometry": ["open3d-cpu>=0.18"],
     },
     zip_safe=True,
     maintainer="perception_nodes developers",

@@ -6,7 +6,10 @@
 1. ``small`` at 256² (shipped weights when present): latency per frame of the streaming component
    (resize, network, affinities, KProp, competition, connected components, stable ids, statistics), for
    fp32 / bf16 KProp with and without early exit; the median over ``--frames`` sim-like frames.
-2. ``official`` at 512² (random weights): the fast path and the reference path (the official computation:
+2. Depth-aware refinement (``segmentation.depth_refine``, RGB-D cameras): the cut at the supporting plane
+   alone on 256² and 640×480 sim frames with exact depth, and the bf16 component per 256² frame with and
+   without depth in the same run (``--skip-depth`` to leave out).
+3. ``official`` at 512² (random weights): the fast path and the reference path (the official computation:
    per-edge gathered logits, sparse graph built per frame, sparse KProp, categorical competition) in the
    same run, whole pipeline and the part after the backbone.
 """
@@ -89,6 +92,45 @@ def bench_small(args) -> dict:
     return out
 
 
+def bench_depth(args) -> dict:
+    from perception_nodes.segmentation.depth_refine import DepthRefineConfig, refine_with_depth
+    from perception_nodes.sim import generate_episode
+    from perception_nodes.sim.config import SimConfig
+
+    cfg, net = load_model("", "small")
+    out = {}
+    for width, height in ((256, 256), (640, 480)):
+        ep = generate_episode(SimConfig(width=width, height=height, frames=args.frames, num_tracks=0), 424242)
+        comp = EisenComponent(
+            EisenComponentConfig(overlay=False, kprop_dtype="bfloat16"), net=net, model_config=cfg
+        )
+        labels = [comp.step(Frame(i + 1, rgb)).labels for i, rgb in enumerate(ep.rgb)]
+        times = []
+        for lab, depth in zip(labels, ep.depth, strict=True):
+            t0 = time.perf_counter()
+            refine_with_depth(lab, depth, ep.camera, DepthRefineConfig())
+            times.append((time.perf_counter() - t0) * 1e3)
+        out[f"refine_{width}x{height}_ms"] = float(np.median(times))
+        print(
+            f"depth refinement alone at {width}x{height}: {np.median(times):.1f} ms/frame median", flush=True
+        )
+        if (width, height) != (256, 256):
+            continue
+        for name, with_depth in (("bf16_rgb", False), ("bf16_rgbd", True)):
+            comp = EisenComponent(
+                EisenComponentConfig(overlay=False, kprop_dtype="bfloat16"), net=net, model_config=cfg
+            )
+            times = []
+            for i in range(len(ep.rgb)):
+                depth, camera = (ep.depth[i], ep.camera) if with_depth else (None, None)
+                t0 = time.perf_counter()
+                comp.step(Frame(i + 1, ep.rgb[i], depth, camera))
+                times.append((time.perf_counter() - t0) * 1e3)
+            out[f"{name}_ms"] = float(np.median(times[1:]))
+            print(f"small 256² {name}: {out[f'{name}_ms']:.1f} ms/frame median (same run)", flush=True)
+    return out
+
+
 def _median_ms(fn, reps: int) -> float:
     times = []
     for _ in range(reps):
@@ -147,6 +189,7 @@ def main() -> int:
     )
     parser.add_argument("--skip-official", action="store_true")
     parser.add_argument("--skip-small", action="store_true")
+    parser.add_argument("--skip-depth", action="store_true")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -158,6 +201,8 @@ def main() -> int:
     print(f"EISEN CPU benchmark: {result['cpu']}, {args.threads} thread(s), torch {torch.__version__}")
     if not args.skip_small:
         result["small"] = bench_small(args)
+    if not args.skip_depth:
+        result["depth"] = bench_depth(args)
     if not args.skip_official:
         result["official"] = bench_official(args)
     if args.json:

@@ -10,7 +10,10 @@ import argparse
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from perception_nodes.segmentation import train as train_mod
+from perception_nodes.types import Frame
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +55,18 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--exclude-pusher", action="store_true", help="leave the pusher out of the GT objects"
     )
+    parser.add_argument(
+        "--depth",
+        action="store_true",
+        help="also give the component the depth and intrinsics (RGB-D; cuts segments at the table)",
+    )
+    parser.add_argument("--support-tol", type=float, default=0.01, help="depth refinement plane tolerance, m")
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from perception_nodes.segmentation.component import EisenComponent
     from perception_nodes.segmentation.config import EisenComponentConfig
     from perception_nodes.segmentation.eval import evaluate_frames, write_report
-    from perception_nodes.types import Frame
 
     if not args.bags and not args.sim_episodes:
         raise ValueError("give sim bags or --sim-episodes N")
@@ -73,29 +81,35 @@ def run_eval(args: argparse.Namespace) -> int:
             kprop_dtype=args.kprop_dtype,
             early_exit_tol=args.early_exit_tol,
             refine=not args.no_refine,
+            depth_refine=args.depth,
+            support_tol_m=args.support_tol,
         )
     )
+    if args.depth and comp.depth_refine is None:
+        raise RuntimeError("--depth needs open3d: pip install open3d-cpu")
 
-    def segment(rgb, stamp=[0]):  # noqa: B006 - a frame counter as the stamp
-        stamp[0] += 1
-        return comp.step(Frame(stamp_ns=stamp[0], rgb=rgb)).labels
+    def segment(frame: Frame) -> np.ndarray:
+        return comp.step(frame).labels
 
     items = list(evaluate_frames(_frames(args), segment))
-    summary = write_report(items, args.out, {"model_id": comp.model_id, "path": args.path})
+    extra = {"model_id": comp.model_id, "path": args.path, "depth": args.depth}
+    summary = write_report(items, args.out, extra)
     print(f"mIoU {summary['miou']:.4f} over {summary['images']} images -> {Path(args.out) / 'metrics.json'}")
     return 0
 
 
 def _frames(args):
-    """(name, rgb, gt) for every evaluated frame of every episode."""
-    import numpy as np
-
+    """(name, frame, gt) for every evaluated frame of every episode (depth and intrinsics with --depth;
+    stamps count frames, so each frame draws its own seed as in the node)."""
+    count = 0
     for e, ep in enumerate(_episodes(args)):
         for t in range(0, len(ep.rgb), args.stride):
             gt = ep.instance[t].astype(np.int32)
             if args.exclude_pusher and getattr(ep, "pusher_id", 0):
                 gt = np.where(gt == ep.pusher_id, 0, gt)
-            yield f"ep{e}_t{t}", ep.rgb[t], gt
+            count += 1
+            depth, camera = (ep.depth[t], ep.camera) if args.depth else (None, None)
+            yield f"ep{e}_t{t}", Frame(stamp_ns=count, rgb=ep.rgb[t], depth=depth, camera=camera), gt
 
 
 def _episodes(args):

@@ -3,13 +3,16 @@
 Per frame: resize to the network input, run the fast path (or the official reference path) with randomness
 seeded by (seed, frame stamp), connected components on the small label map, then *stable ids*: each segment
 takes the id of the previous frame's segment it overlaps most (Hungarian on IoU, at least ``match_iou``),
-others get fresh ids. Labels are returned at the frame's resolution with per-segment statistics (bbox,
-area, centroid, score; mean depth and 3D centroid when depth and intrinsics are given).
+others get fresh ids. With depth and intrinsics (and ``depth_refine``), the segments are first upsampled and
+cut at the supporting plane (``depth_refine``), and ids are matched at the frame's resolution. Labels are
+returned at the frame's resolution with per-segment statistics (bbox, area, centroid, score; mean depth and
+3D centroid when depth and intrinsics are given).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import time
 import zlib
@@ -21,6 +24,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from perception_nodes.segmentation.config import EisenComponentConfig, EisenConfig
+from perception_nodes.segmentation.depth_refine import DepthRefineConfig, refine_with_depth
 from perception_nodes.segmentation.export import SHIPPED
 from perception_nodes.segmentation.network import EisenNet, load_weights
 from perception_nodes.segmentation.processor import (
@@ -100,7 +104,20 @@ class EisenComponent:
         self.segmenter = EisenSegmenter(self.cfg, self.net, early_exit=self.config.early_exit_tol > 0).eval()
         self.model_id = f"{self.cfg.name}@{self.cfg.short_hash()}"
         self._warned: set[str] = set()
+        self.depth_refine = self._depth_refine_config()
         self.reset()
+
+    def _depth_refine_config(self) -> DepthRefineConfig | None:
+        if not self.config.depth_refine:
+            return None
+        if importlib.util.find_spec("open3d") is None:
+            log.warning("depth refinement needs open3d (pip install open3d-cpu, or open3d): it is off")
+            return None
+        return DepthRefineConfig(
+            support_tol_m=self.config.support_tol_m,
+            max_height_m=self.config.max_height_m,
+            seed=self.config.seed,
+        )
 
     def reset(self) -> None:
         """Forget the previous frame (ids restart at 1)."""
@@ -121,11 +138,11 @@ class EisenComponent:
         agents, conf = self._infer(image, seed)
         t2 = time.perf_counter()
         segments = connected_segments(agents, self.cfg.min_segment_area, self.cfg.max_segments)
-        stable = self._associate(segments)
-        if self.config.refine:
-            labels = refine_upsample(stable, frame.rgb).astype(np.uint16)
+        cut = self._cut_at_support(segments, frame)
+        if cut is not None:  # already at the frame's resolution
+            labels = self._associate(cut).astype(np.uint16)
         else:
-            labels = upsample_labels(stable, H, W).astype(np.uint16)
+            labels = self._upsample(self._associate(segments), frame.rgb).astype(np.uint16)
         conf_full = cv2.resize(conf, (W, H), interpolation=cv2.INTER_LINEAR)
         stats = segment_stats(
             labels, conf_full, frame.depth, frame.camera if frame.depth is not None else None
@@ -139,6 +156,25 @@ class EisenComponent:
             "total": (t3 - t0) * 1e3,
         }
         return SegmentationResult(frame.stamp_ns, labels, stats, self.model_id, overlay, timings)
+
+    def _upsample(self, segments: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+        """Map-resolution segments (h, w) -> the frame's resolution (edge-aware or nearest)."""
+        if self.config.refine:
+            return refine_upsample(segments, rgb)
+        return upsample_labels(segments, *rgb.shape[:2])
+
+    def _cut_at_support(self, segments: np.ndarray, frame: Frame) -> np.ndarray | None:
+        """Segments at frame resolution cut at the supporting plane (``depth_refine``), or None (no depth,
+        no intrinsics, refinement off, or no plane found: the segments stay as EISEN made them)."""
+        if self.depth_refine is None or frame.depth is None or frame.camera is None:
+            return None
+        cut = refine_with_depth(
+            self._upsample(segments, frame.rgb), frame.depth, frame.camera, self.depth_refine
+        )
+        if cut is None and "plane" not in self._warned:
+            log.info("no supporting plane in the depth image: segments are not cut (logged once)")
+            self._warned.add("plane")
+        return cut
 
     def _infer(self, image: torch.Tensor, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """(h, w) agent labels and confidence at map resolution."""
@@ -154,6 +190,8 @@ class EisenComponent:
         cur_ids = [int(k) for k in np.unique(segments) if k != 0]
         out = np.zeros_like(segments, dtype=np.int32)
         mapping: dict[int, int] = {}
+        if self._prev is not None and self._prev.shape != segments.shape:  # depth came or went
+            self._prev = cv2.resize(self._prev, segments.shape[::-1], interpolation=cv2.INTER_NEAREST)
         if self._prev is not None and cur_ids:
             prev_ids = [int(k) for k in np.unique(self._prev) if k != 0]
             if prev_ids:

@@ -271,6 +271,19 @@ class EisenComponentConfig:
         default=True,
         metadata={"help": "edge-aware upsampling of the segments to the frame (False: nearest, official)"},
     )
+    depth_refine: bool = field(
+        default=True,
+        metadata={
+            "help": "with depth and intrinsics, cut segments at the supporting plane (needs open3d; "
+            "segmentation.depth_refine)"
+        },
+    )
+    support_tol_m: float = field(
+        default=0.01, metadata={"help": "depth refinement: distance to the plane that counts as on it, m"}
+    )
+    max_height_m: float = field(
+        default=0.5, metadata={"help": "depth refinement: higher above the plane is not a tabletop object, m"}
+    )
 
     def __post_init__(self):
         if self.path not in ("fast", "reference"):
@@ -281,3 +294,7 @@ class EisenComponentConfig:
             raise ValueError(f"kprop_dtype must be '' or one of {KPROP_DTYPES}, got {self.kprop_dtype!r}")
         if not 0.0 <= self.match_iou <= 1.0 or self.early_exit_tol < 0 or self.threads < 0:
             raise ValueError("match_iou must be in [0, 1], early_exit_tol and threads >= 0")
+        if not 0 < self.support_tol_m < self.max_height_m:
+            raise ValueError(
+                f"need 0 < support_tol_m < max_height_m, got {self.support_tol_m}, {self.max_height_m}"
+            )

@@ -21,6 +21,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from perception_nodes.segmentation.processor import colorize, upsample_labels
+from perception_nodes.types import Frame
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +101,11 @@ def overlay_grid(items: list[EvalItem], path: str | Path, max_rows: int = 8, til
     return path
 
 
-def evaluate_frames(frames: Iterable[tuple[str, np.ndarray, np.ndarray]], segment) -> Iterator[EvalItem]:
-    """``frames`` yields (name, rgb, gt instances); ``segment(rgb) -> labels`` -> EvalItems."""
-    for name, rgb, gt in frames:
-        pred = segment(rgb)
-        yield EvalItem(name, rgb, gt, pred, image_miou(pred, gt))
+def evaluate_frames(frames: Iterable[tuple[str, Frame, np.ndarray]], segment) -> Iterator[EvalItem]:
+    """``frames`` yields (name, frame, gt instances (H, W)); ``segment(frame) -> labels`` -> EvalItems."""
+    for name, frame, gt in frames:
+        pred = segment(frame)
+        yield EvalItem(name, frame.rgb, gt, pred, image_miou(pred, gt))
 
 
 def write_report(items: list[EvalItem], out_dir: str | Path, extra: dict[str, Any] | None = None) -> dict:

@@ -1,0 +1,178 @@
+"""Depth-aware refinement of segments: cut every segment at the supporting surface (RGB-D cameras).
+
+EISEN is an RGB method; with aligned depth and intrinsics the scene's geometry separates what its segments
+most often merge, objects and the table they stand on (the tabletop segmentation of classic ROS
+perception). Per frame:
+
+1. Back-project the depth (H, W) metres to camera-frame points (x right, y down, z forward) and fit the
+   dominant plane with RANSAC (open3d ``segment_plane``, seeded) on a grid of about 20k pixels, refit by
+   least squares on its inliers, the normal turned towards the camera.
+2. A pixel is *object* when its point lies between ``support_tol_m`` and ``max_height_m`` above the plane
+   and its foot on the plane projects inside the image hull of the plane's inliers, shrunk by
+   ``hull_margin_frac`` (walls standing at its edge and the floor beyond the table are not objects);
+   *support* when it lies within ``support_tol_m`` of the plane, inside that hull. Pixels without depth
+   take their segment's majority.
+3. Every segment is split into its object part and the rest; all support pixels form one segment (the
+   table); 8-connected components smaller than ``min_area_frac`` of the image become 0.
+
+Held-out sim (``perception-nodes eval segmentation --depth``, the shipped model, exact sim depth): official
+mIoU 0.496 (RGB) -> 0.576 (0.620 with a 5 mm tolerance); validation 0.475 -> 0.652.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import cv2
+import numpy as np
+
+from perception_nodes.types import CameraModel
+
+log = logging.getLogger(__name__)
+
+MIN_PLANE_POINTS = 500  # fewer valid depth pixels (after striding) than this: no refinement
+PLANE_POINTS = 20000  # about this many pixels (a regular grid) go into the plane fit and its hull
+MAX_SEGMENTS = 1000  # most segments kept after the split (largest first)
+
+
+@dataclasses.dataclass(frozen=True)
+class DepthRefineConfig:
+    """Settings of the support-plane refinement (metres; areas as fractions of the image)."""
+
+    support_tol_m: float = 0.01  # plane inlier distance: depth noise of the sensor at working range
+    max_height_m: float = 0.5  # above this over the plane a point is not a tabletop object
+    min_plane_frac: float = 0.1  # the plane must hold this fraction of the valid pixels
+    min_area_frac: float = 5e-4  # components smaller than this fraction of the image become 0
+    hull_margin_frac: float = 0.01  # feet this close (fraction of the image side) to the hull's edge: out
+    ransac_iters: int = 200
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0 < self.support_tol_m < self.max_height_m:
+            raise ValueError("need 0 < support_tol_m < max_height_m")
+        if not 0 < self.min_plane_frac < 1 or not 0 <= self.min_area_frac < 1:
+            raise ValueError("min_plane_frac must be in (0, 1) and min_area_frac in [0, 1)")
+        if self.ransac_iters < 1:
+            raise ValueError("ransac_iters must be >= 1")
+
+
+def points_from_depth(depth: np.ndarray, camera: CameraModel) -> np.ndarray:
+    """(H, W) depth in metres -> (H, W, 3) camera-frame points (NaN/0 depth gives z = 0 or NaN)."""
+    H, W = depth.shape
+    ys, xs = np.mgrid[0:H, 0:W]
+    return camera.backproject(np.stack([xs, ys], -1).astype(np.float64), depth.astype(np.float64))
+
+
+def fit_support_plane(points: np.ndarray, cfg: DepthRefineConfig) -> tuple[np.ndarray, float, int] | None:
+    """RANSAC plane through (M, 3) points: (unit normal towards the camera, offset, inlier count), so that
+    ``points @ normal + offset`` is the height above the plane; None when there are too few points.
+    Raises ImportError when open3d is not installed."""
+    import open3d as o3d
+
+    if len(points) < MIN_PLANE_POINTS:
+        return None
+    o3d.utility.random.seed(cfg.seed)
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points))
+    _, inliers = cloud.segment_plane(
+        distance_threshold=cfg.support_tol_m, ransac_n=3, num_iterations=cfg.ransac_iters
+    )
+    normal, offset = _least_squares_plane(points[np.asarray(inliers)])
+    if offset < 0:  # the camera (origin) is above the table: its height is positive
+        normal, offset = -normal, -offset
+    return normal, offset, len(inliers)
+
+
+def _least_squares_plane(points: np.ndarray) -> tuple[np.ndarray, float]:
+    """Total least squares plane through (M, 3) points: (unit normal, offset)."""
+    centre = points.mean(0)
+    normal = np.linalg.svd(points - centre, full_matrices=False)[2][2]
+    return normal, float(-normal @ centre)
+
+
+def geometry_masks(
+    depth: np.ndarray, camera: CameraModel, cfg: DepthRefineConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(object, support, valid) boolean (H, W) masks, or None when no supporting plane is found."""
+    H, W = depth.shape
+    valid = np.isfinite(depth) & (depth > 0)
+    pts = points_from_depth(np.where(valid, depth, 0.0), camera)
+    stride = max(1, round(np.sqrt(H * W / PLANE_POINTS)))
+    grid_valid = valid[::stride, ::stride]
+    fit = fit_support_plane(pts[::stride, ::stride][grid_valid], cfg)
+    if fit is None or fit[2] < cfg.min_plane_frac * grid_valid.sum():
+        return None
+    normal, offset, _ = fit
+    height = pts @ normal + offset
+    near = valid & (np.abs(height) < cfg.support_tol_m)
+    hull = _support_hull(near[::stride, ::stride], stride, (H, W), cfg.hull_margin_frac)
+    foot = camera.project(pts - height[..., None] * normal)  # (H, W, 2) pixels of the foot points
+    u, v = foot[..., 0], foot[..., 1]
+    inside = (u >= 0) & (u < W) & (v >= 0) & (v < H)
+    on_hull = np.zeros_like(inside)
+    on_hull[inside] = hull[v[inside].astype(np.int64), u[inside].astype(np.int64)] > 0
+    obj = valid & on_hull & (height > cfg.support_tol_m) & (height < cfg.max_height_m)
+    return obj, near & (hull > 0), valid
+
+
+def _support_hull(near: np.ndarray, stride: int, shape: tuple[int, int], margin_frac: float) -> np.ndarray:
+    """(H, W) uint8 image of the convex hull of the plane's inliers (``near`` on the stride grid), shrunk
+    by ``margin_frac`` of the image side: walls stand on its edge."""
+    ys, xs = np.nonzero(near)
+    hull = np.zeros(shape, np.uint8)
+    corners = cv2.convexHull(np.stack([xs, ys], -1).astype(np.int32) * stride)
+    cv2.fillConvexPoly(hull, corners, 1)
+    margin = 2 * round(margin_frac * max(shape)) + stride
+    return cv2.erode(hull, np.ones((margin, margin), np.uint8))
+
+
+def split_at_support(
+    labels: np.ndarray, obj: np.ndarray, support: np.ndarray, valid: np.ndarray, min_area: int
+) -> np.ndarray:
+    """Split segments (H, W) int at the object mask: new labels 1..K by decreasing area (0 = none)."""
+    lab = labels.astype(np.int64)
+    n = int(lab.max(initial=0)) + 1
+    # pixels without depth follow their segment's majority
+    votes = np.bincount(lab[valid], obj[valid].astype(np.float64), minlength=n)
+    share = votes / np.maximum(np.bincount(lab[valid], minlength=n), 1)
+    is_obj = np.where(valid, obj, share[lab] > 0.5)
+    key = 2 * lab + 2 + is_obj  # >= 2: segment parts; 1: the support surface
+    key[~is_obj & support] = 1
+    return label_components(key, min_area, MAX_SEGMENTS)
+
+
+def label_components(key: np.ndarray, min_area: int, max_segments: int) -> np.ndarray:
+    """8-connected components of every value of ``key`` (H, W) non-negative ints (0 is a value too), each
+    computed by OpenCV inside that value's bounding box; components < ``min_area`` px become 0; the
+    ``max_segments`` largest get ids 1..K by decreasing area. -> (H, W) int32."""
+    _, inverse = np.unique(key, return_inverse=True)
+    inverse = inverse.reshape(key.shape).astype(np.uint16 if inverse.max(initial=0) < 65536 else np.int64)
+    order = np.argsort(inverse.reshape(-1), kind="stable")  # radix sort for uint16
+    bounds = np.cumsum(np.bincount(inverse.reshape(-1)))
+    comps = []  # (area, rows, cols, mask inside the box)
+    start = 0
+    for value, end in enumerate(bounds):
+        ys, xs = np.divmod(order[start:end], key.shape[1])
+        start = end
+        rows, cols = slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)
+        _, cc, stats, _ = cv2.connectedComponentsWithStats(
+            (inverse[rows, cols] == value).astype(np.uint8), connectivity=8
+        )
+        for k in np.nonzero(stats[1:, cv2.CC_STAT_AREA] >= min_area)[0] + 1:
+            comps.append((int(stats[k, cv2.CC_STAT_AREA]), rows, cols, cc == k))
+    comps.sort(key=lambda c: -c[0])
+    out = np.zeros(key.shape, np.int32)
+    for new_id, (_, rows, cols, mask) in enumerate(comps[:max_segments], start=1):
+        out[rows, cols][mask] = new_id
+    return out
+
+
+def refine_with_depth(
+    labels: np.ndarray, depth: np.ndarray, camera: CameraModel, cfg: DepthRefineConfig
+) -> np.ndarray | None:
+    """Segments (H, W) cut at the supporting surface, or None when no plane is found (keep the input)."""
+    masks = geometry_masks(depth, camera, cfg)
+    if masks is None:
+        return None
+    min_area = max(1, round(cfg.min_area_frac * labels.size))
+    return split_at_support(labels, *masks, min_area)
