@@ -86,10 +86,13 @@ def test_real_model_segments_a_clip(clip, model):
         assert set(np.unique(r.labels)) - {0} == set(r.stats.ids.tolist())
 
 
-def test_fast_path_agrees_with_official_reference_path(clip, model):
+def test_fast_path_agrees_with_official_reference_path(clip):
     """Same weights, samples and noise: the fast tile-layout path vs the official computation (per-edge
-    logits, sparse graph, sparse KProp); agent draws shared too, so any difference is the implementation's."""
-    cfg, net = model
+    logits, sparse graph, sparse KProp); agent draws shared too, so any difference is the implementation's.
+    A model of its own: the components of the other tests turn the shared one's weights channels-last,
+    whose convolutions round differently (the score fell to 0.942 on one CPU)."""
+    torch.set_num_threads(1)
+    cfg, net = load_model(WEIGHTS)
     seg = EisenSegmenter(cfg, net).eval()
     samples = aff.sample_index(seg.layout)
     scores = []
