@@ -199,6 +199,24 @@ def test_episode_background_keeps_off_every_object_that_moves_in_a_sim_episode()
     assert total > 200 and good / total > 0.65, (good, total)  # mostly one object each (measured 0.73)
 
 
+def test_depth_background_adds_the_table_around_objects():
+    """With the episode's depth the supporting plane joins the background group: measured on 8 training
+    episodes, the group covers 0.99 of the true table and floor (0.84 without) at precision 0.990."""
+    pytest.importorskip("open3d")
+    from perception_nodes.segmentation.train import pairs_from_episodes, sim_episodes
+
+    tcfg = TrainConfig(out="unused", sim_episodes=2, sim_seed=1000)
+    cfg = EisenConfig.preset("small")
+    episodes = list(sim_episodes(tcfg, cfg))
+    plain = pairs_from_episodes(episodes, cfg, tcfg)
+    depth = pairs_from_episodes(episodes, cfg, dataclasses.replace(tcfg, depth_background=0.003))
+    h, w = cfg.map_size
+    table = np.stack([cv2.resize(i, (w, h), interpolation=cv2.INTER_NEAREST) for i in plain.instance]) == 0
+    assert depth.background[table].mean() > 0.95 > plain.background[table].mean() + 0.05
+    assert table[depth.background].mean() > 0.97
+    assert (depth.motion == plain.motion).all() and (depth.still == plain.still).all()
+
+
 def test_background_rows_are_averaged_apart_and_weighted():
     from perception_nodes.segmentation import affinity as aff
     from perception_nodes.segmentation.train import BACKGROUND_ID

@@ -151,6 +151,14 @@ class TrainConfig:
             "on the reversed pairs; with the vacated floor, one run each: validation mIoU 0.475 vs 0.468)"
         },
     )
+    depth_background: float = dataclasses.field(
+        default=0.0,
+        metadata={
+            "help": "episodes with depth: the supporting plane (segmentation.depth_refine, this distance "
+            "to it in metres: the sim's exact depth takes 0.003, a depth camera about 0.01) joins every "
+            "frame's background group and what stands on it leaves that group (0: off; needs open3d)"
+        },
+    )
     self_mask: bool = dataclasses.field(
         default=False,
         metadata={
@@ -181,10 +189,12 @@ class TrainConfig:
             self.background_margin,
             self.still_objects,
             self.vacated_background,
+            self.depth_background,
         )
         if min(weights) < 0:
             raise ValueError(
-                "static_background, background_margin, still_objects, vacated_background must be >= 0"
+                "static_background, background_margin, still_objects, vacated_background, depth_background "
+                "must be >= 0"
             )
         if self.still_directions not in ("before", "both"):
             raise ValueError(f"still_directions must be 'before' or 'both', got {self.still_directions!r}")
@@ -404,6 +414,31 @@ def frame_backgrounds(every, rgb, kept, claimed, map_size, tcfg: TrainConfig) ->
     ]
 
 
+def depth_backgrounds(
+    ep, frames: list[int], backgrounds: list[np.ndarray], cfg: EisenConfig, tol: float
+) -> list[np.ndarray]:
+    """The background groups of ``frames`` with the episode's depth: map nodes mostly on the supporting
+    plane join them, nodes that show anything standing on it leave them (episodes without depth, or
+    frames without a plane, keep theirs)."""
+    from perception_nodes.segmentation.depth_refine import DepthRefineConfig, geometry_masks
+
+    if getattr(ep, "depth", None) is None or getattr(ep, "camera", None) is None:
+        return backgrounds
+    H, W = cfg.input_size
+    camera, h, w = ep.camera.scaled(W, H), *cfg.map_size
+    out = []
+    for t, bg in zip(frames, backgrounds, strict=True):
+        depth = cv2.resize(ep.depth[t], (W, H), interpolation=cv2.INTER_NEAREST)
+        masks = geometry_masks(depth, camera, DepthRefineConfig(support_tol_m=tol))
+        if masks is None:
+            out.append(bg)
+            continue
+        obj, support, _ = masks
+        touched = cv2.resize(obj.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0
+        out.append((bg & ~touched) | to_map(support, cfg.map_size))
+    return out
+
+
 def episode_motion(ep, rgb: np.ndarray, cfg: EisenConfig, tcfg: TrainConfig, dis) -> tuple[list, list | None]:
     """Input-size motion masks of an episode's pairs t -> t+1 (on frame t) and, for ``--still-directions
     both`` with DIS, of the reversed pairs (on frame t+1: where a moving object arrived)."""
@@ -447,7 +482,10 @@ def pairs_from_episodes(episodes, cfg: EisenConfig, tcfg: TrainConfig) -> PairDa
         if kept:
             claimed = episode_still(every, rgb, kept, tcfg.still_objects or STILL_MAX_DIFF, arrival)
             still += claimed
-            background += frame_backgrounds(every, rgb, kept, claimed, cfg.map_size, tcfg)
+            frames_bg = frame_backgrounds(every, rgb, kept, claimed, cfg.map_size, tcfg)
+            if tcfg.depth_background:
+                frames_bg = depth_backgrounds(ep, kept, frames_bg, cfg, tcfg.depth_background)
+            background += frames_bg
     if not images:
         raise ValueError("no training pairs with motion found")
     return PairData(*map(np.stack, (images, motion, inst, background, still, robot)))
@@ -522,6 +560,7 @@ def load_pairs(tcfg: TrainConfig, cfg: EisenConfig) -> PairData:
             tcfg.still_objects or STILL_MAX_DIFF,
             tcfg.still_directions,
             tcfg.self_mask,
+            tcfg.depth_background,
             list(tcfg.bags),
             list(cfg.input_size),
         ]
