@@ -68,6 +68,7 @@ class SegmentationNode(NodeBase):
         self._logged: set[str] = set()
         self._depth_msg = None  # latest depth message
         self._waiting = None  # image held until the depth of the same stamp arrives
+        self._started = False  # an image has come (the first one may wait for depth that never came)
         self._lock = threading.Lock()  # depth arrives on the subscription thread, images on the worker
         self.trigger(cfg.image_topic, "sensor_msgs/msg/Image", self.on_image)
         if cfg.depth_topic:
@@ -86,11 +87,14 @@ class SegmentationNode(NodeBase):
     def on_image(self, msg) -> None:
         with self._lock:
             depth, held = self._depth_msg, self._waiting
-            if depth is not None and stamp_ns(depth) < stamp_ns(msg) and held is None:
-                self._waiting = (
-                    msg  # aligned depth usually follows its image: wait for it (one frame at most)
-                )
+            # aligned depth usually follows its image: wait for it (one frame at most); before any
+            # depth has arrived only the very first image waits, so a colour-only camera loses nothing
+            expect = depth is not None or (not self._started and bool(self.config.depth_topic))
+            if expect and (depth is None or stamp_ns(depth) < stamp_ns(msg)) and held is None:
+                self._waiting = msg
+                self._started = True
                 return
+            self._started = True
             if held is not None and held is not msg:
                 self._waiting = None
             else:
