@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from perception_nodes.segmentation import train as train_mod
+from perception_nodes.segmentation.config import EisenComponentConfig
 from perception_nodes.types import Frame
 
 log = logging.getLogger(__name__)
@@ -60,12 +61,16 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also give the component the depth and intrinsics (RGB-D; cuts segments at the table)",
     )
-    parser.add_argument("--support-tol", type=float, default=0.01, help="depth refinement plane tolerance, m")
+    parser.add_argument(
+        "--support-tol",
+        type=float,
+        default=EisenComponentConfig.support_tol_m,
+        help="with --depth: distance to the supporting plane that counts as on it, m",
+    )
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from perception_nodes.segmentation.component import EisenComponent
-    from perception_nodes.segmentation.config import EisenComponentConfig
     from perception_nodes.segmentation.eval import evaluate_frames, write_report
 
     if not args.bags and not args.sim_episodes:

@@ -121,7 +121,7 @@ class EisenComponent:
 
     def reset(self) -> None:
         """Forget the previous frame (ids restart at 1)."""
-        self._prev: np.ndarray | None = None  # (h, w) stable ids at map resolution
+        self._prev: np.ndarray | None = None  # stable ids at map resolution (frame resolution with depth)
         self._next_id = 1
 
     @torch.inference_mode()
@@ -191,7 +191,7 @@ class EisenComponent:
         out = np.zeros_like(segments, dtype=np.int32)
         mapping: dict[int, int] = {}
         if self._prev is not None and self._prev.shape != segments.shape:  # depth came or went
-            self._prev = cv2.resize(self._prev, segments.shape[::-1], interpolation=cv2.INTER_NEAREST)
+            self._prev = upsample_labels(self._prev, *segments.shape)
         if self._prev is not None and cur_ids:
             prev_ids = [int(k) for k in np.unique(self._prev) if k != 0]
             if prev_ids:

@@ -52,7 +52,7 @@ def connected_segments(labels: np.ndarray, min_area: int, max_segments: int) -> 
 
 
 def upsample_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize of a label map to (height, width)."""
+    """Nearest-neighbour resize of a label map to (height, width) (up or down)."""
     if labels.shape == (height, width):
         return labels
     return cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)

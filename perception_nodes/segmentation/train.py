@@ -29,6 +29,10 @@ at some time of its episode is that object's extent in the frames where it stand
 regions become target groups of those frames too, so objects get supervised while they do not move, apart
 from their still neighbours. A moving camera changes the image inside every region: nothing is claimed.
 
+Depth background (``--depth-background TOL``, off by default; not in the official recipe): episodes with
+depth show where the supporting plane is (``segmentation.depth_refine``), so map nodes mostly on it join
+each frame's background group and nodes showing anything that stands on it leave that group.
+
 Self mask (``--self-mask``, not in the official recipe): the robot knows where its own end effector is
 (joint states and its model; in the sim, the pusher's pose and size), so its body is taken out of the
 motion targets and is a target group of its own in every frame (``robot_masks``, ``explain_robot``).
