@@ -18,7 +18,7 @@ from perception_nodes.segmentation.depth_refine import (
 )
 from perception_nodes.segmentation.eval import image_miou, matched_ious
 from perception_nodes.segmentation.export import SHIPPED
-from perception_nodes.types import Frame
+from perception_nodes.types import CameraModel, Frame
 
 pytest.importorskip("open3d")
 
@@ -58,6 +58,48 @@ def test_one_segment_over_everything_is_cut_into_the_objects(clip):
     table = clip.instance[0] == 0
     counts = np.unique(cut[table], return_counts=True)[1]
     assert counts.max() / table.sum() >= 0.5  # the table is one segment
+
+
+def _tabletop(slab_m: float, noise_m: float) -> tuple[np.ndarray, CameraModel, np.ndarray]:
+    """Depth (120, 160) of a table 0.8 m below a camera tilted down, with a slab ``slab_m`` thick on it
+    (its top at those pixels: the mask returned) and Gaussian depth noise of ``noise_m``."""
+    cam = CameraModel(width=160, height=120, fx=120.0, fy=120.0, cx=79.5, cy=59.5)
+    ys, xs = np.mgrid[0:120, 0:160]
+    normal, offset = np.array([0.0, -0.8, -0.6]), 0.8  # height = normal . p + offset
+    n_dot_ray = normal[0] * (xs - cam.cx) / cam.fx + normal[1] * (ys - cam.cy) / cam.fy + normal[2]
+    slab = (np.abs(xs - 80) < 20) & (np.abs(ys - 80) < 15)
+    depth = (np.where(slab, slab_m, 0.0) - offset) / n_dot_ray
+    depth += np.random.default_rng(0).normal(0.0, noise_m, depth.shape)
+    return depth.astype(np.float32), cam, slab
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return (a & b).sum() / (a | b).sum()
+
+
+def test_plane_tolerance_follows_the_depth_noise():
+    """Exact depth: a 5 mm board is found (a fixed 1 cm tolerance would lose it in the table); 3 mm depth
+    noise: a 3 cm box is found and 1.3 % of the table is taken for objects (a fixed 3 mm tolerance: 4.3 %)."""
+    depth, cam, slab = _tabletop(0.005, 0.0)
+    obj, support, _ = geometry_masks(depth, cam, DepthRefineConfig())
+    assert _iou(obj, slab) > 0.9 and support[~slab].mean() > 0.95
+    fixed, _, _ = geometry_masks(depth, cam, DepthRefineConfig(min_support_tol_m=0.01))
+    assert fixed.sum() < 0.1 * slab.sum()
+    depth, cam, slab = _tabletop(0.03, 0.003)
+    obj, support, _ = geometry_masks(depth, cam, DepthRefineConfig())
+    assert _iou(obj, slab) > 0.8 and obj[~slab].mean() < 0.02
+    fixed, _, _ = geometry_masks(depth, cam, DepthRefineConfig(support_tol_m=0.003))
+    assert fixed[~slab].mean() > 0.03
+
+
+def test_the_plane_is_reproducible():
+    """open3d's multi-threaded RANSAC drew two different planes in 20 runs on this noisy frame; on one
+    thread every run gives the same masks."""
+    depth, cam, _ = _tabletop(0.03, 0.003)
+    first = geometry_masks(depth, cam, DepthRefineConfig(support_tol_m=0.003))
+    for _ in range(10):
+        again = geometry_masks(depth, cam, DepthRefineConfig(support_tol_m=0.003))
+        assert all((a == b).all() for a, b in zip(first, again, strict=True))
 
 
 def test_no_plane_leaves_the_segments_alone(clip):
@@ -114,3 +156,5 @@ def test_bad_depth_settings_are_rejected():
         EisenComponentConfig(support_tol_m=0.6, max_height_m=0.5)
     with pytest.raises(ValueError, match="support_tol_m"):
         DepthRefineConfig(support_tol_m=0.0)
+    with pytest.raises(ValueError, match="min_support_tol_m"):
+        DepthRefineConfig(min_support_tol_m=0.02, support_tol_m=0.01)

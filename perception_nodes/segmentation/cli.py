@@ -65,7 +65,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "--support-tol",
         type=float,
         default=EisenComponentConfig.support_tol_m,
-        help="with --depth: distance to the supporting plane that counts as on it, m",
+        help="with --depth: RANSAC inlier distance and the largest on-plane tolerance, m",
     )
 
 

@@ -279,7 +279,11 @@ class EisenComponentConfig:
         },
     )
     support_tol_m: float = field(
-        default=0.01, metadata={"help": "depth refinement: distance to the plane that counts as on it, m"}
+        default=0.01,
+        metadata={
+            "help": "depth refinement: RANSAC inlier distance and the largest on-plane tolerance, m (the "
+            "tolerance used is 3 robust sigmas of the plane's depth noise, at least 3 mm)"
+        },
     )
     max_height_m: float = field(
         default=0.5, metadata={"help": "depth refinement: higher above the plane is not a tabletop object, m"}
