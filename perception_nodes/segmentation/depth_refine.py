@@ -58,13 +58,6 @@ class DepthRefineConfig:
             raise ValueError("ransac_iters must be >= 1")
 
 
-def points_from_depth(depth: np.ndarray, camera: CameraModel) -> np.ndarray:
-    """(H, W) depth in metres -> (H, W, 3) camera-frame points (NaN/0 depth gives z = 0 or NaN)."""
-    H, W = depth.shape
-    ys, xs = np.mgrid[0:H, 0:W]
-    return camera.backproject(np.stack([xs, ys], -1).astype(np.float64), depth.astype(np.float64))
-
-
 def fit_support_plane(points: np.ndarray, cfg: DepthRefineConfig) -> tuple[np.ndarray, float, int] | None:
     """RANSAC plane through (M, 3) points: (unit normal towards the camera, offset, inlier count), so that
     ``points @ normal + offset`` is the height above the plane; None when there are too few points.
@@ -104,25 +97,41 @@ def geometry_masks(
     """(object, support, valid) boolean (H, W) masks, or None when no supporting plane is found."""
     H, W = depth.shape
     valid = np.isfinite(depth) & (depth > 0)
-    pts = points_from_depth(np.where(valid, depth, 0.0), camera)
+    z = np.where(valid, depth, 0.0).astype(np.float32)
+    # a pixel's point is z * (rx, ry, 1): its height is z * (normal . ray) + offset, separable in x and y
+    rx = ((np.arange(W) - camera.cx) / camera.fx).astype(np.float32)[None, :]
+    ry = ((np.arange(H) - camera.cy) / camera.fy).astype(np.float32)[:, None]
     stride = max(1, round(np.sqrt(H * W / PLANE_POINTS)))
     grid_valid = valid[::stride, ::stride]
-    grid = pts[::stride, ::stride][grid_valid]
+    zs = z[::stride, ::stride]
+    grid = np.stack([zs * rx[:, ::stride], zs * ry[::stride], zs], -1)[grid_valid].astype(np.float64)
     fit = fit_support_plane(grid, cfg)
     if fit is None or fit[2] < cfg.min_plane_frac * grid_valid.sum():
         return None
     normal, offset, _ = fit
     tol = _on_plane_tolerance(np.abs(grid @ normal + offset), cfg)
-    height = pts @ normal + offset
+    n = normal.astype(np.float32)
+    height = z * (n[0] * rx + n[1] * ry + n[2]) + np.float32(offset)
     near = valid & (np.abs(height) < tol)
     hull = _support_hull(near[::stride, ::stride], stride, (H, W), cfg.hull_margin_frac)
-    foot = camera.project(pts - height[..., None] * normal)  # (H, W, 2) pixels of the foot points
-    u, v = foot[..., 0], foot[..., 1]
-    inside = (u >= 0) & (u < W) & (v >= 0) & (v < H)
-    on_hull = np.zeros_like(inside)
-    on_hull[inside] = hull[v[inside].astype(np.int64), u[inside].astype(np.int64)] > 0
-    obj = valid & on_hull & (height > tol) & (height < cfg.max_height_m)
+    ys, xs = np.nonzero(valid & (height > tol) & (height < cfg.max_height_m))
+    obj = np.zeros((H, W), bool)
+    obj[ys, xs] = _foot_on_hull(z[ys, xs], rx[0, xs], ry[ys, 0], height[ys, xs], n, camera, hull)
     return obj, near & (hull > 0), valid
+
+
+def _foot_on_hull(z, rx, ry, height, n, camera: CameraModel, hull: np.ndarray) -> np.ndarray:
+    """Whether the foot on the plane (point - height * normal) of each point z * (rx, ry, 1) projects into
+    ``hull`` (H, W); all arrays (M,)."""
+    fz = z - height * n[2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = camera.fx * (z * rx - height * n[0]) / fz + camera.cx
+        v = camera.fy * (z * ry - height * n[1]) / fz + camera.cy
+    H, W = hull.shape
+    inside = (fz > 0) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
+    out = np.zeros(len(z), bool)
+    out[inside] = hull[v[inside].astype(np.int64), u[inside].astype(np.int64)] > 0
+    return out
 
 
 def _on_plane_tolerance(distances: np.ndarray, cfg: DepthRefineConfig) -> float:
@@ -164,8 +173,8 @@ def label_components(key: np.ndarray, min_area: int, max_segments: int) -> np.nd
     """8-connected components of every value of ``key`` (H, W) non-negative ints (0 is a value too), each
     computed by OpenCV inside that value's bounding box; components < ``min_area`` px become 0; the
     ``max_segments`` largest get ids 1..K by decreasing area. -> (H, W) int32."""
-    _, inverse = np.unique(key, return_inverse=True)
-    inverse = inverse.reshape(key.shape).astype(np.uint16 if inverse.max(initial=0) < 65536 else np.int64)
+    present = np.bincount(key.reshape(-1)) > 0  # values -> 0..V-1 without a sort
+    inverse = (np.cumsum(present) - 1)[key].astype(np.uint16 if present.sum() <= 65536 else np.int64)
     order = np.argsort(inverse.reshape(-1), kind="stable")  # radix sort for uint16
     bounds = np.cumsum(np.bincount(inverse.reshape(-1)))
     comps = []  # (area, rows, cols, mask inside the box)
