@@ -28,6 +28,7 @@ import dataclasses
 import cv2
 import numpy as np
 
+from perception_nodes.segmentation.processor import connected_segments
 from perception_nodes.types import CameraModel
 
 MIN_PLANE_POINTS = 500  # fewer valid depth pixels (after striding) than this: no refinement
@@ -166,33 +167,7 @@ def split_at_support(
     is_obj = np.where(valid, obj, share[lab] > 0.5)
     key = 2 * lab + 2 + is_obj  # >= 2: segment parts; 1: the support surface
     key[~is_obj & support] = 1
-    return label_components(key, min_area, MAX_SEGMENTS)
-
-
-def label_components(key: np.ndarray, min_area: int, max_segments: int) -> np.ndarray:
-    """8-connected components of every value of ``key`` (H, W) non-negative ints (0 is a value too), each
-    computed by OpenCV inside that value's bounding box; components < ``min_area`` px become 0; the
-    ``max_segments`` largest get ids 1..K by decreasing area. -> (H, W) int32."""
-    present = np.bincount(key.reshape(-1)) > 0  # values -> 0..V-1 without a sort
-    inverse = (np.cumsum(present) - 1)[key].astype(np.uint16 if present.sum() <= 65536 else np.int64)
-    order = np.argsort(inverse.reshape(-1), kind="stable")  # radix sort for uint16
-    bounds = np.cumsum(np.bincount(inverse.reshape(-1)))
-    comps = []  # (area, rows, cols, mask inside the box)
-    start = 0
-    for value, end in enumerate(bounds):
-        ys, xs = np.divmod(order[start:end], key.shape[1])
-        start = end
-        rows, cols = slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)
-        _, cc, stats, _ = cv2.connectedComponentsWithStats(
-            (inverse[rows, cols] == value).astype(np.uint8), connectivity=8
-        )
-        for k in np.nonzero(stats[1:, cv2.CC_STAT_AREA] >= min_area)[0] + 1:
-            comps.append((int(stats[k, cv2.CC_STAT_AREA]), rows, cols, cc == k))
-    comps.sort(key=lambda c: -c[0])
-    out = np.zeros(key.shape, np.int32)
-    for new_id, (_, rows, cols, mask) in enumerate(comps[:max_segments], start=1):
-        out[rows, cols][mask] = new_id
-    return out
+    return connected_segments(key, min_area, MAX_SEGMENTS)
 
 
 def refine_with_depth(

@@ -32,22 +32,30 @@ def preprocess(rgb: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0).float()
 
 
-def connected_segments(labels: np.ndarray, min_area: int, max_segments: int) -> np.ndarray:
-    """Split each label into 8-connected components; components < ``min_area`` px become 0; keep the
-    ``max_segments`` largest; ids 1..K ordered by decreasing area. (h, w) int -> (h, w) int32."""
-    out = np.zeros(labels.shape, np.int32)
-    comps: list[tuple[int, int, np.ndarray]] = []  # (area, label, component mask index)
-    for value in np.unique(labels):
-        count, cc, stats, _ = cv2.connectedComponentsWithStats(
-            (labels == value).astype(np.uint8), connectivity=8
+def connected_segments(key: np.ndarray, min_area: int, max_segments: int) -> np.ndarray:
+    """Split each value of ``key`` (h, w) non-negative ints (0 is a value too) into 8-connected components,
+    each computed by OpenCV inside that value's bounding box; components < ``min_area`` px become 0; the
+    ``max_segments`` largest get ids 1..K by decreasing area (official ``label_connected_component``).
+    -> (h, w) int32."""
+    present = np.bincount(key.reshape(-1)) > 0  # values -> 0..V-1 without a sort
+    inverse = (np.cumsum(present) - 1)[key].astype(np.uint16 if present.sum() <= 65536 else np.int64)
+    order = np.argsort(inverse.reshape(-1), kind="stable")  # radix sort for uint16
+    bounds = np.cumsum(np.bincount(inverse.reshape(-1)))
+    comps = []  # (area, rows, cols, mask inside the box)
+    start = 0
+    for value, end in enumerate(bounds):
+        ys, xs = np.divmod(order[start:end], key.shape[1])
+        start = end
+        rows, cols = slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)
+        _, cc, stats, _ = cv2.connectedComponentsWithStats(
+            (inverse[rows, cols] == value).astype(np.uint8), connectivity=8
         )
-        for k in range(1, count):
-            area = int(stats[k, cv2.CC_STAT_AREA])
-            if area >= min_area:
-                comps.append((area, int(value), cc == k))
+        for k in np.nonzero(stats[1:, cv2.CC_STAT_AREA] >= min_area)[0] + 1:
+            comps.append((int(stats[k, cv2.CC_STAT_AREA]), rows, cols, cc == k))
     comps.sort(key=lambda c: -c[0])
-    for new_id, (_, _, mask) in enumerate(comps[:max_segments], start=1):
-        out[mask] = new_id
+    out = np.zeros(key.shape, np.int32)
+    for new_id, (_, rows, cols, mask) in enumerate(comps[:max_segments], start=1):
+        out[rows, cols][mask] = new_id
     return out
 
 
