@@ -90,11 +90,10 @@ class SegmentationNode(NodeBase):
             # aligned depth usually follows its image: wait for it (one frame at most); before any
             # depth has arrived only the very first image waits, so a colour-only camera loses nothing
             expect = depth is not None or (not self._started and bool(self.config.depth_topic))
+            self._started = True
             if expect and (depth is None or stamp_ns(depth) < stamp_ns(msg)) and held is None:
                 self._waiting = msg
-                self._started = True
                 return
-            self._started = True
             if held is not None and held is not msg:
                 self._waiting = None
             else:

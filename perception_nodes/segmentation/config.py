@@ -298,7 +298,6 @@ class EisenComponentConfig:
             raise ValueError(f"kprop_dtype must be '' or one of {KPROP_DTYPES}, got {self.kprop_dtype!r}")
         if not 0.0 <= self.match_iou <= 1.0 or self.early_exit_tol < 0 or self.threads < 0:
             raise ValueError("match_iou must be in [0, 1], early_exit_tol and threads >= 0")
-        if not 0 < self.support_tol_m < self.max_height_m:
-            raise ValueError(
-                f"need 0 < support_tol_m < max_height_m, got {self.support_tol_m}, {self.max_height_m}"
-            )
+        from perception_nodes.segmentation.depth_refine import DepthRefineConfig
+
+        DepthRefineConfig(support_tol_m=self.support_tol_m, max_height_m=self.max_height_m)  # its checks

@@ -430,10 +430,11 @@ def depth_backgrounds(
         return backgrounds
     H, W = cfg.input_size
     camera, h, w = ep.camera.scaled(W, H), *cfg.map_size
+    geometry = DepthRefineConfig(support_tol_m=tol)
     out = []
     for t, bg in zip(frames, backgrounds, strict=True):
         depth = cv2.resize(ep.depth[t], (W, H), interpolation=cv2.INTER_NEAREST)
-        masks = geometry_masks(depth, camera, DepthRefineConfig(support_tol_m=tol))
+        masks = geometry_masks(depth, camera, geometry)
         if masks is None:
             out.append(bg)
             continue
