@@ -15,6 +15,7 @@ from perception_nodes.forecasting.train import (
     TrainConfig,
     WindowSampler,
     flow_loss,
+    jitter_history,
     load_state,
     sample_times,
     state_path,
@@ -121,3 +122,18 @@ def test_residual_targets_are_what_is_left_after_continuing_the_seen_velocity():
     torch.testing.assert_close(got[0, 1, 1:], pos[0, 1, 2:] - inputs[0, 1, 1:] - base)  # cancels the jitter
     for s in (2, 3):  # steps touching the lost one start from no velocity
         torch.testing.assert_close(got[0, 2, s], pos[0, 2, s + 1] - inputs[0, 2, s])
+
+
+def test_jitter_history_spreads_the_noise_level_over_examples_and_leaves_the_future_exact():
+    pos = torch.zeros(400, 50, 12, 2)
+    fixed = TrainConfig(input_jitter_px=0.6)
+    spread = dataclasses.replace(fixed, jitter_spread=True)
+    gen = torch.Generator().manual_seed(0)
+    a, b = jitter_history(pos, 8, fixed, gen), jitter_history(pos, 8, spread, gen)
+    assert (a[:, :, 8:] == 0).all() and (b[:, :, 8:] == 0).all() and (pos == 0).all()
+    std_a, std_b = a[:, :, :8].std(dim=(1, 2, 3)), b[:, :, :8].std(dim=(1, 2, 3))
+    assert std_a.min() > 0.55 and std_a.max() < 0.65  # every example at the fixed level
+    # spread: per-example levels uniform in [0, 0.6]: near-exact and full-level histories both occur
+    assert std_b.min() < 0.03 and std_b.max() > 0.57
+    assert abs(float(std_b.mean()) - 0.3) < 0.03
+    assert (jitter_history(pos, 8, TrainConfig(input_jitter_px=0.0), gen) == 0).all()

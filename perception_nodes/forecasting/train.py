@@ -59,6 +59,13 @@ class TrainConfig:
     input_jitter_px: float = field(
         default=0.3, metadata={"help": "noise added to observed positions (tracker error)"}
     )
+    jitter_spread: bool = field(
+        default=False,
+        metadata={
+            "help": "draw each example's jitter std uniformly in [0, input_jitter_px] (exact histories "
+            "included) instead of using input_jitter_px for all"
+        },
+    )
     flip: bool = field(default=True, metadata={"help": "random left-right mirroring"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
@@ -99,17 +106,29 @@ def residual_targets(
     return pos[:, :, 1:] - inputs - base
 
 
+def jitter_history(
+    inputs: torch.Tensor, history: int, cfg: TrainConfig, gen: torch.Generator
+) -> torch.Tensor:
+    """inputs (B, N, L, 2) with Gaussian noise on the first ``history`` steps, like a tracker's error: std
+    ``input_jitter_px``, or per example uniform in [0, input_jitter_px] with ``jitter_spread`` (so the
+    model also sees exact histories and can tell them apart by their roughness)."""
+    out = inputs.clone()
+    if cfg.input_jitter_px <= 0:
+        return out
+    std = torch.full((inputs.shape[0], 1, 1, 1), cfg.input_jitter_px)
+    if cfg.jitter_spread:
+        std = std * torch.rand(inputs.shape[0], 1, 1, 1, generator=gen)
+    out[:, :, :history] += torch.randn(out[:, :, :history].shape, generator=gen) * std
+    return out
+
+
 def flow_loss(
     model: ARFM, batch: dict[str, torch.Tensor], history: int, cfg: TrainConfig, gen: torch.Generator
 ) -> torch.Tensor:
     """Masked rectified-flow loss of one batch (see module docstring)."""
     pos, vis, valid = batch["pos"], batch["visible"], batch["point_valid"]
     b, length = pos.shape[0], pos.shape[2]
-    inputs = pos[:, :, :-1].clone()
-    if cfg.input_jitter_px > 0:
-        inputs[:, :, :history] += (
-            torch.randn(inputs[:, :, :history].shape, generator=gen) * cfg.input_jitter_px
-        )
+    inputs = jitter_history(pos[:, :, :-1], history, cfg, gen)
     steps = torch.arange(length - 1)
     observed = vis[:, :, :-1] & (steps < history)
     mask = vis[:, :, 1:] & vis[:, :, :-1] & valid[:, :, None]
