@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from perception_nodes.forecasting.config import official, small
-from perception_nodes.forecasting.network import ARFM, count_parameters
+from perception_nodes.forecasting.config import official, small, small_residual
+from perception_nodes.forecasting.network import ARFM, count_parameters, motion_inputs
 from perception_nodes.forecasting.sampler import (
     CudaGraphSampler,
     FastSampler,
@@ -75,6 +75,11 @@ def _inputs(model: ARFM, n: int, hist: int, seed: int = 0) -> ForecastInputs:
     return ForecastInputs(fmaps, tokens, history, observed, valid, cond, text)
 
 
+def _no_window():
+    """The earlier shipped layout: the previous displacement as the only motion input."""
+    return dataclasses.replace(small(), motion_window=0)
+
+
 def test_shapes_and_parameter_counts():
     model = ARFM(small()).eval()
     fmaps, tokens = model.encode_image(torch.rand(2, 3, 128, 128))
@@ -100,7 +105,24 @@ def test_shapes_and_parameter_counts():
     assert 131e6 < count_parameters(big) < 133e6  # the paper's 132 M trainable parameters
 
 
-@pytest.mark.parametrize("make_cfg", [small, _tiny_official], ids=["small", "official-layout"])
+def test_motion_window_input_is_the_mean_displacement_and_damps_jitter():
+    gen = torch.Generator().manual_seed(2)
+    vel = torch.tensor([1.5, -0.5])
+    track = 100 + torch.arange(10.0)[:, None] * vel  # (S, 2) constant velocity
+    got = motion_inputs(track[None, None], 4)[0, 0]  # (S, 4)
+    torch.testing.assert_close(got[1:, :2], vel.expand(9, 2))  # previous displacement
+    torch.testing.assert_close(got[4:, 2:], vel.expand(6, 2))  # a full window: the velocity itself
+    torch.testing.assert_close(got[2, 2:], vel * 2 / 4)  # before the start the track counts as still
+    assert torch.equal(motion_inputs(track[None, None], 0)[0, 0], got[:, :2])
+    still = 100 + torch.randn(1, 2000, 12, 2, generator=gen) * 0.6  # a tracker's jitter on still points
+    feats = motion_inputs(still, 4)[:, :, 4:]
+    one, mean = feats[..., :2].std().item(), feats[..., 2:].std().item()
+    assert one == pytest.approx(0.6 * 2**0.5, rel=0.05) and mean == pytest.approx(0.6 * 2**0.5 / 4, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "make_cfg", [small, _tiny_official, _no_window], ids=["small", "official-layout", "no-window"]
+)
 def test_causality_future_steps_never_change_earlier_outputs(make_cfg):
     model = _perturbed(ARFM(make_cfg()))
     inp = _inputs(model, n=6, hist=7)
@@ -118,11 +140,14 @@ def test_causality_future_steps_never_change_earlier_outputs(make_cfg):
 
 
 def _residual():
-    return dataclasses.replace(small(), residual_motion=True)
+    """Residual motion on the previous displacement (no window)."""
+    return dataclasses.replace(_no_window(), residual_motion=True)
 
 
 @pytest.mark.parametrize(
-    "make_cfg", [small, _tiny_official, _residual], ids=["small", "official-layout", "residual"]
+    "make_cfg",
+    [small, _tiny_official, _residual, _no_window, small_residual],
+    ids=["small", "official-layout", "residual", "no-window", "window-residual"],
 )
 def test_kv_cache_sampling_equals_no_cache_sampling(make_cfg):
     model = _perturbed(ARFM(make_cfg()))
@@ -138,7 +163,7 @@ def test_kv_cache_sampling_equals_no_cache_sampling(make_cfg):
 
 @pytest.mark.parametrize("residual", [False, True])
 def test_a_zero_flow_forecasts_constant_velocity_with_residual_motion_else_a_standstill(residual):
-    model = ARFM(dataclasses.replace(small(), residual_motion=residual)).eval()  # DiT init: velocity 0
+    model = ARFM(dataclasses.replace(_no_window(), residual_motion=residual)).eval()  # DiT init: velocity 0
     inp = _inputs(model, n=4, hist=3)
     noise = torch.zeros(2, 5, 4, 2)
     last, vel = inp.history[0, :, -1], inp.history[0, :, -1] - inp.history[0, :, -2]  # (N, 2)
@@ -297,8 +322,9 @@ class _SimulatedGraphSampler(CudaGraphSampler):
         return _ReplayByCalling(lambda: self.body(state, schedule))
 
 
-def test_graph_sampler_static_buffers_match_eager_sampling():
-    model = _perturbed(ARFM(_tiny_official()))
+@pytest.mark.parametrize("make_cfg", [_tiny_official, small], ids=["official-layout", "small"])
+def test_graph_sampler_static_buffers_match_eager_sampling(make_cfg):
+    model = _perturbed(ARFM(make_cfg()))
     eager = FastSampler(model, 5, 3, euler_steps=3)
     graphed = _SimulatedGraphSampler(model, 5, 3, euler_steps=3)
     for seed in (3, 4):  # the second call reuses the static buffers with new inputs
@@ -422,16 +448,18 @@ def test_fast_sampler_uses_the_folded_fusion_step_without_text():
     assert FastSampler(tiny, 4, 2).prepare(_inputs(tiny, n=5, hist=3)).flat is None
 
 
-def test_folded_point_tokens_equal_the_model_point_tokens_for_generated_steps():
+@pytest.mark.parametrize("window", [0, 4])
+def test_folded_point_tokens_equal_the_model_point_tokens_for_generated_steps(window):
     from perception_nodes.forecasting.fused import FusedPointTokens
 
-    model = _perturbed(ARFM(dataclasses.replace(small(), displacement_scale=2.5)), scale=0.2)
+    cfg = dataclasses.replace(small(), displacement_scale=2.5, motion_window=window)
+    model = _perturbed(ARFM(cfg), scale=0.2)
     gen = torch.Generator().manual_seed(9)
     fmaps = [torch.randn(1, model.cfg.feature_dim, 32, 32, generator=gen)]
     pos = torch.rand(40, 2, generator=gen) * 260 - 2  # some just outside the frame (border padding)
-    prev = torch.randn(40, 2, generator=gen) * 3
+    prev = torch.randn(40, cfg.motion_dim, generator=gen) * 3
     observed = torch.zeros(1, 40, 1, dtype=torch.bool)
-    ref = model.point_tokens(fmaps, pos.view(1, 40, 1, 2), observed, prev.view(1, 40, 1, 2))[0, :, 0]
+    ref = model.point_tokens(fmaps, pos.view(1, 40, 1, 2), observed, prev.view(1, 40, 1, -1))[0, :, 0]
     fast = FusedPointTokens(model)(fmaps, pos, prev)
     assert ref.abs().max() > 0.1
     torch.testing.assert_close(fast, ref, atol=2e-5, rtol=1e-4)

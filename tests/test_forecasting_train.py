@@ -124,9 +124,39 @@ def test_residual_targets_are_what_is_left_after_continuing_the_seen_velocity():
         torch.testing.assert_close(got[0, 2, s], pos[0, 2, s + 1] - inputs[0, 2, s])
 
 
+def test_windowed_residual_targets_continue_the_window_mean_like_the_sampler():
+    from perception_nodes.forecasting.config import small_residual
+    from perception_nodes.forecasting.network import ARFM
+    from perception_nodes.forecasting.sampler import FastSampler, ForecastInputs, sample_no_cache
+    from perception_nodes.forecasting.train import residual_targets
+
+    vel = torch.tensor([2.0, -1.0])
+    pos = (50 + torch.arange(12.0)[:, None] * vel)[None, None].repeat(1, 2, 1, 1)  # (1, 2, 12, 2)
+    pos[0, 1, 6:] += torch.arange(1.0, 7.0)[:, None] * 3.0  # point 1 goes 3 px/step faster from step 5
+    got = residual_targets(pos, pos[:, :, :-1], torch.ones(1, 2, 11, dtype=torch.bool), 8, window=4)
+    torch.testing.assert_close(got[0, 0, 4:], torch.zeros(7, 2))  # a full window of constant velocity
+    torch.testing.assert_close(got[0, 0, 1], vel * 3 / 4)  # steps before the first count as still
+    # the change of velocity is what is left, until the window has caught up with it
+    torch.testing.assert_close(got[0, 1, 5:, 0], torch.tensor([3.0, 2.25, 1.5, 0.75, 0.0, 0.0]))
+    # a zero flow (DiT init) continues the window mean: the targets' zero is the samplers' zero
+    model = ARFM(small_residual()).eval()
+    fmaps, tokens = model.encode_image(torch.rand(1, 3, 128, 128))
+    inp = ForecastInputs(
+        fmaps,
+        tokens,
+        pos[:, :1, :8],
+        torch.ones(1, 1, 8, dtype=torch.bool),
+        torch.ones(1, 1, dtype=torch.bool),
+    )
+    zero = torch.zeros(2, 4, 1, 2)
+    want = pos[0, 0, 8:12].expand(2, 1, 4, 2)
+    torch.testing.assert_close(FastSampler(model, 4, 2).sample(inp, zero), want)
+    torch.testing.assert_close(sample_no_cache(model, inp, zero), want)
+
+
 def test_jitter_history_spreads_the_noise_level_over_examples_and_leaves_the_future_exact():
     pos = torch.zeros(400, 50, 12, 2)
-    fixed = TrainConfig(input_jitter_px=0.6)
+    fixed = TrainConfig(input_jitter_px=0.6, jitter_spread=False)
     spread = dataclasses.replace(fixed, jitter_spread=True)
     gen = torch.Generator().manual_seed(0)
     a, b = jitter_history(pos, 8, fixed, gen), jitter_history(pos, 8, spread, gen)

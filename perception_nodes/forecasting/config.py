@@ -11,8 +11,11 @@ Two named configurations:
 
 Coordinates: the model works in a ``coord_size`` x ``coord_size`` frame (official: 256), pixels x right,
 y down; a step's displacement is divided by ``displacement_scale`` before it meets the flow's N(0, I) noise.
+Motion input per step (``use_motion_input``): the previous displacement and, with ``motion_window`` W, the
+mean displacement over the last W steps (``network.motion_inputs``).
 With ``residual_motion`` the flow's variable is what is left of a step's displacement after continuing the
-previous one (zero when that one was not observed at both ends): ``train.residual_targets``.
+previous one (zero when that one was not observed at both ends), or with a motion window the window's
+mean displacement: ``train.residual_targets``.
 """
 
 from __future__ import annotations
@@ -79,6 +82,14 @@ class ARFMConfig:
     use_motion_input: bool = field(
         default=True, metadata={"help": "feed each step's previous displacement to the fusion input"}
     )
+    motion_window: int = field(
+        default=0,
+        metadata={
+            "help": "with the motion input, also feed each step's mean displacement over the last W steps, "
+            "(x_s - x_{s-W}) / W (steps before the first count as still): a velocity that a tracker's "
+            "jitter barely moves (0 = off)"
+        },
+    )
     use_camera_motion: bool = field(
         default=False,
         metadata={"help": "adaLN conditioning on a camera-motion class (0 static, 1 moving, 2 unknown)"},
@@ -117,10 +128,17 @@ class ARFMConfig:
             raise ValueError(f"num_global_tokens must be a square number, got {self.num_global_tokens}")
         if self.encoder == "small_cnn" and self.image_size % 16:
             raise ValueError("image_size must be a multiple of 16 for the small encoder")
+        if self.motion_window < 0 or (self.motion_window and not self.use_motion_input):
+            raise ValueError("motion_window must be >= 0 and needs use_motion_input")
         if self.max_steps < 2 or self.displacement_scale <= 0 or self.coord_size <= 0:
             raise ValueError("max_steps >= 2, displacement_scale > 0 and coord_size > 0 are required")
         if self.use_text and self.text_tokens + 2 > self.max_steps:
             raise ValueError("max_steps must leave room after the text prefix")
+
+    @property
+    def motion_dim(self) -> int:
+        """Motion input channels per step: previous displacement (2) and the windowed mean (2)."""
+        return (2 + 2 * bool(self.motion_window)) if self.use_motion_input else 0
 
     @property
     def text_prefix(self) -> int:
@@ -199,14 +217,16 @@ class ForecastingConfig:
 
 def small() -> ARFMConfig:
     """The shipped CPU model: 2 fusion layers (one causal-time, one spatial) of 2 heads, so that a streaming
-    forecast update (K = 5, N = 100, H = 15) takes about 50 ms on one CPU core; 4 layers x 4 heads took 2x
-    as long and forecast worse on held-out sim windows; generating the change of displacement
-    (``residual_motion``) was tried and not adopted (models/arfm_small.md)."""
-    return dataclasses.replace(ARFMConfig(), num_layers=2, num_heads=2)
+    forecast update (K = 5, N = 100, H = 15) takes about 50 ms on one CPU core (4 layers x 4 heads took 2x
+    as long and forecast worse on held-out sim windows), with the 4-step mean displacement as a second
+    motion input (``motion_window``: trained on jittered histories, the model without it shrank slow points'
+    first step to 0.55 of the true 0.95 px; 8 steps did worse). See models/arfm_small.md."""
+    return dataclasses.replace(ARFMConfig(), num_layers=2, num_heads=2, motion_window=4)
 
 
 def small_residual() -> ARFMConfig:
-    """``small`` generating the change of displacement (``residual_motion``): the card's experiment."""
+    """``small`` generating what is left after continuing the window's mean displacement
+    (``residual_motion``): the card's experiment, not adopted."""
     return dataclasses.replace(small(), residual_motion=True)
 
 
@@ -241,7 +261,11 @@ def official() -> ARFMConfig:
     )
 
 
-CONFIGS = {"small": small, "small_residual": small_residual, "official": official}
+CONFIGS = {
+    "small": small,
+    "small_residual": small_residual,
+    "official": official,
+}
 
 
 def by_name(name: str) -> ARFMConfig:

@@ -91,15 +91,16 @@ class StepGraph(nn.Module):
         self.model = model
 
     def forward(
-        self, features, global_tokens, points, prev_disp, prefix_k, prefix_v, own_k, own_v, pos, point_valid
+        self, features, global_tokens, points, motion, prefix_k, prefix_v, own_k, own_v, pos, point_valid
     ):
-        """points / prev_disp (K, N, 2) model frame; own_k / own_v (L_time, K, P, H, L, hd); pos (1,) int64
+        """points (K, N, 2) model frame; motion (K, N, motion_dim) model pixels (``sampler.step_motion``);
+        own_k / own_v (L_time, K, P, H, L, hd); pos (1,) int64
         -> fused (K, N, D), own_k_out, own_v_out."""
         m = self.model
         k, n, _ = points.shape
         observed = torch.zeros(1, k * n, 1, dtype=torch.bool, device=points.device)
         pts = m.point_tokens(
-            [features], points.reshape(1, k * n, 1, 2), observed, prev_disp.reshape(1, k * n, 1, 2)
+            [features], points.reshape(1, k * n, 1, 2), observed, motion.reshape(1, k * n, 1, -1)
         )
         glob = m.global_tokens(global_tokens, torch.zeros(1, dtype=torch.bool, device=points.device))[:, :, 0]
         glob = glob + points.new_zeros(k, 1, 1)  # broadcast to (K, G, D) without a data-dependent Expand
@@ -166,7 +167,7 @@ def _inputs(kind: str) -> dict[str, np.ndarray]:
             "features": features,
             "global_tokens": tokens,
             "points": rng.uniform(10, 240, (K, N, 2)).astype(f32),
-            "prev_disp": rng.normal(0, 2, (K, N, 2)).astype(f32),
+            "motion": rng.normal(0, 2, (K, N, cfg.motion_dim)).astype(f32),
             "prefix_k": rng.normal(size=(lt, p, heads, s, hd)).astype(f32),
             "prefix_v": rng.normal(size=(lt, p, heads, s, hd)).astype(f32),
             "own_k": rng.normal(size=kv).astype(f32),

@@ -98,7 +98,7 @@ class FusedPointTokens:
         cfg, proj = model.cfg, model.point_projection
         self.cfg, self.fourier = cfg, 4 * cfg.num_fourier_bands if cfg.use_position_input else 0
         with torch.no_grad():
-            w = proj.weight.clone()  # (D, in): [fourier | features | displacement]
+            w = proj.weight.clone()  # (D, in): [fourier | features | motion]
             feats = slice(self.fourier, self.fourier + cfg.feature_dim)
             self.bias = proj.bias + w[:, feats] @ model.point_observed_embedding.weight[0]
             if cfg.use_motion_input:
@@ -107,8 +107,9 @@ class FusedPointTokens:
         bands = torch.arange(cfg.num_fourier_bands, dtype=torch.float32, device=proj.weight.device)
         self.freqs = (2.0**bands) * math.pi / cfg.coord_size  # (bands,) radians per model pixel
 
-    def __call__(self, fmaps: list[torch.Tensor], pos: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
-        """fmaps [(1, C, h, w)], pos / prev (M, 2) model frame / model pixels -> tokens (M, D)."""
+    def __call__(self, fmaps: list[torch.Tensor], pos: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
+        """fmaps [(1, C, h, w)], pos (M, 2) model frame, motion (M, cfg.motion_dim) model pixels -> tokens
+        (M, D)."""
         cfg, m = self.cfg, pos.shape[0]
         grid = pos.mul(2.0 / cfg.coord_size).sub_(1.0).view(1, m, 1, 2)
         feats = [
@@ -120,7 +121,7 @@ class FusedPointTokens:
             ang = pos.unsqueeze(-1) * self.freqs.to(pos.dtype)  # (M, 2, bands)
             parts.insert(0, torch.cat((ang.sin(), ang.cos()), dim=-1).view(m, self.fourier))
         if cfg.use_motion_input:
-            parts.append(prev)
+            parts.append(motion)
         return torch.addmm(self.bias, torch.cat(parts, dim=1), self.weight_t)
 
 

@@ -546,6 +546,18 @@ def sample_features(fmaps: list[torch.Tensor], pos: torch.Tensor, size: float, m
     return torch.cat(outs, dim=1).reshape(b, -1, n, s).permute(0, 2, 3, 1)
 
 
+def motion_inputs(pos: torch.Tensor, window: int) -> torch.Tensor:
+    """Positions (B, N, S, 2) -> motion input (B, N, S, 2 or 4): each step's previous displacement
+    x_s - x_{s-1} (0 at the first step) and, with ``window`` W > 0, the mean displacement over the last W
+    steps (x_s - x_{s-W}) / W, positions before the first step taken as the first (still)."""
+    first = pos[:, :, :1]
+    prev = torch.cat((torch.zeros_like(first), pos[:, :, 1:] - pos[:, :, :-1]), dim=2)
+    if window <= 0:
+        return prev
+    back = (torch.arange(pos.shape[2], device=pos.device) - window).clamp(min=0)  # static gather (ONNX)
+    return torch.cat((prev, (pos - pos.index_select(2, back)) / window), dim=-1)
+
+
 class ARFM(nn.Module):
     """Autoregressive flow-matching point-track forecaster."""
 
@@ -554,7 +566,7 @@ class ARFM(nn.Module):
         self.cfg = cfg
         self.image_encoder = SmallImageEncoder(cfg) if cfg.encoder == "small_cnn" else None
         in_dim = cfg.feature_dim + (4 * cfg.num_fourier_bands if cfg.use_position_input else 0)
-        in_dim += 2 if cfg.use_motion_input else 0
+        in_dim += cfg.motion_dim
         self.point_projection = nn.Linear(in_dim, cfg.hidden_size)
         self.point_observed_embedding = nn.Embedding(2, cfg.feature_dim)
         self.global_projection = nn.Linear(cfg.global_dim, cfg.hidden_size)
@@ -596,17 +608,17 @@ class ARFM(nn.Module):
         fmaps: list[torch.Tensor],
         pos: torch.Tensor,
         observed: torch.Tensor,
-        prev_disp: torch.Tensor | None,
+        motion: torch.Tensor | None,
     ) -> torch.Tensor:
-        """pos (B, N, S, 2) model frame; observed (B, N, S) bool; prev_disp (B, N, S, 2) model pixels
-        (x_s - x_{s-1}, 0 at the first step) -> tokens (B, N, S, D)."""
+        """pos (B, N, S, 2) model frame; observed (B, N, S) bool; motion (B, N, S, cfg.motion_dim) model
+        pixels (``motion_inputs``) -> tokens (B, N, S, D)."""
         cfg = self.cfg
         feats = sample_features(fmaps, pos, cfg.coord_size, cfg.feature_sampling)
         parts = [feats + self.point_observed_embedding(observed.long())]
         if cfg.use_position_input:
             parts.insert(0, fourier_position(pos, cfg.coord_size, cfg.num_fourier_bands))
         if cfg.use_motion_input:
-            parts.append(prev_disp / cfg.displacement_scale)
+            parts.append(motion / cfg.displacement_scale)
         return self.point_projection(torch.cat(parts, dim=-1))
 
     def global_tokens(self, tokens: torch.Tensor, observed_steps: torch.Tensor) -> torch.Tensor:
@@ -647,8 +659,7 @@ class ARFM(nn.Module):
         (``observed``, always False after the history). Every step stays attendable (unseen history steps
         hold the track's first position)."""
         b, n, s, _ = pos.shape
-        prev = torch.cat((torch.zeros_like(pos[:, :, :1]), pos[:, :, 1:] - pos[:, :, :-1]), dim=2)
-        pts = self.point_tokens(fmaps, pos, observed, prev)
+        pts = self.point_tokens(fmaps, pos, observed, motion_inputs(pos, self.cfg.motion_window))
         glob = self.global_tokens(tokens, torch.arange(s, device=pos.device) < history_len)
         x = torch.cat((glob, pts), dim=1)
         g = glob.shape[1]

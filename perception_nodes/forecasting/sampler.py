@@ -12,6 +12,8 @@ Fast sampling (``FastSampler``):
   default 1 step: on held-out sim windows as good as 2, and within 0.01 of the cold ratio to constant
   velocity);
 - the last step is not fused (its output would only condition a step beyond the horizon);
+- with a motion window W (``ARFMConfig.motion_window``) each sample keeps a trail of its last W + 1
+  positions, from which a generated step's windowed mean displacement is read (``step_motion``);
 - eager (CPU) sampling runs the folded kernels of ``fused.py``: the flow head with its adaLN folded in, the
   point tokens of generated steps as one matmul, and (models without text) the fusion step with norms,
   attention scale and RoPE folded into its weights,
@@ -33,7 +35,7 @@ from collections.abc import Callable
 import torch
 
 from perception_nodes.forecasting.fused import FlatCache, FusedFusion, FusedHead, FusedPointTokens
-from perception_nodes.forecasting.network import ARFM, NEG, KVCache
+from perception_nodes.forecasting.network import ARFM, NEG, KVCache, motion_inputs
 
 
 @dataclasses.dataclass
@@ -65,6 +67,7 @@ class _State:
     fused: torch.Tensor  # (K, N, D) fused state of the current step
     pos: torch.Tensor  # (K, N, 2) current positions
     prev: torch.Tensor  # (K, N, 2) last displacement
+    trail: torch.Tensor | None  # (K, N, W + 1, 2) the last W + 1 positions (motion_window W > 0), else None
     x0: torch.Tensor  # (K, N, 2) the flow's starting point for this step
     index: torch.Tensor  # () long: generated-step index (own cache slot)
     mods: dict[str, list[list[torch.Tensor]]]
@@ -84,6 +87,22 @@ def observed_displacement(hist: torch.Tensor, observed: torch.Tensor) -> torch.T
     return torch.where(both, hist[:, :, -1:] - hist[:, :, -2:-1], torch.zeros_like(hist[:, :, -1:]))
 
 
+def history_trail(hist: torch.Tensor, window: int) -> torch.Tensor | None:
+    """The last ``window`` + 1 positions (B, N, W + 1, 2) of history (B, N, S, 2), the first position
+    repeated before it (as ``network.motion_inputs``); None without a motion window."""
+    if window <= 0:
+        return None
+    first = hist[:, :, :1].expand(-1, -1, window + 1, -1)
+    return torch.cat((first, hist), dim=2)[:, :, -(window + 1) :].contiguous()
+
+
+def step_motion(prev: torch.Tensor, trail: torch.Tensor | None) -> torch.Tensor:
+    """A generated step's motion input (..., 2 or 4) from its displacement and position trail."""
+    if trail is None:
+        return prev
+    return torch.cat((prev, (trail[..., -1, :] - trail[..., 0, :]) / (trail.shape[-2] - 1)), dim=-1)
+
+
 def to_displacement(x: torch.Tensor, prev: torch.Tensor, cfg) -> torch.Tensor:
     """The flow's variable x -> a step's displacement (model pixels); prev: the step before's displacement
     (used with ``cfg.residual_motion``). Any shape, x and prev alike."""
@@ -91,11 +110,25 @@ def to_displacement(x: torch.Tensor, prev: torch.Tensor, cfg) -> torch.Tensor:
     return disp + prev if cfg.residual_motion else disp
 
 
+def residual_base(prev: torch.Tensor, trail: torch.Tensor | None) -> torch.Tensor:
+    """What a residual-motion step continues (..., 2): the windowed mean displacement of the position trail
+    with a motion window, else the previous displacement."""
+    return prev if trail is None else step_motion(prev, trail)[..., 2:]
+
+
 def _append_step(seq: torch.Tensor, observed: torch.Tensor, x: torch.Tensor, step: int, cfg) -> torch.Tensor:
     """Reference samplers: positions seq (K, N, S, 2) plus the step the flow variable x (K, N, 1, 2) gives;
-    the first generated step continues a velocity only where both of its history ends were observed."""
-    last = observed_displacement(seq, observed) if step == 0 else seq[:, :, -1:] - seq[:, :, -2:-1]
-    return torch.cat((seq, seq[:, :, -1:] + to_displacement(x, last, cfg)), dim=2)
+    the first generated step continues a velocity only where both of its history ends were observed (with
+    a motion window: the window's mean displacement, as training's ``residual_targets``)."""
+    if cfg.motion_window:
+        base = motion_inputs(seq[:, :, -(cfg.motion_window + 1) :], cfg.motion_window)[:, :, -1:, 2:]
+    else:
+        base = observed_displacement(seq, observed) if step == 0 else seq[:, :, -1:] - seq[:, :, -2:-1]
+    return torch.cat((seq, seq[:, :, -1:] + to_displacement(x, base, cfg)), dim=2)
+
+
+def _expand(x: torch.Tensor | None, k: int) -> torch.Tensor | None:
+    return None if x is None else x.expand(k, *x.shape[1:]).contiguous()
 
 
 class FastSampler:
@@ -170,6 +203,7 @@ class FastSampler:
             fused=last[:, g:].expand(k, -1, -1).contiguous(),
             pos=hist[:, :, -1].expand(k, -1, -1).contiguous(),
             prev=prev.expand(k, -1, -1).contiguous(),
+            trail=_expand(history_trail(hist, model.cfg.motion_window), k),
             x0=torch.zeros(k, hist.shape[1], 2, dtype=dtype, device=dev),
             index=torch.zeros((), dtype=torch.long, device=dev),
             mods=mods,
@@ -265,7 +299,7 @@ class FastSampler:
         cfg = self.model.cfg
         guess = torch.where(torch.isfinite(warm[:, :, step]), warm[:, :, step], state.prev)
         if cfg.residual_motion:
-            guess = guess - state.prev
+            guess = guess - residual_base(state.prev, state.trail)
         guess = guess / cfg.displacement_scale
         state.x0.copy_(self.warm_start_t * guess + (1 - self.warm_start_t) * noise)
 
@@ -283,18 +317,22 @@ class FastSampler:
             else:
                 v = head.run(base, x, table[e], state.head_mask)
             x = torch.add(x, v, alpha=times[e + 1] - times[e])
-        disp = to_displacement(x, state.prev, model.cfg)
+        disp = to_displacement(x, residual_base(state.prev, state.trail), model.cfg)
         state.pos.add_(disp)
         state.prev.copy_(disp)
+        if state.trail is not None:
+            state.trail[:, :, :-1] = state.trail[:, :, 1:].clone()
+            state.trail[:, :, -1] = state.pos
         if not fuse:
             return
         k, n, _ = disp.shape
+        motion = step_motion(state.prev, state.trail).reshape(k * n, -1)
         if state.points is not None:
-            pts = state.points(state.fmaps, state.pos.view(k * n, 2), state.prev.view(k * n, 2))
+            pts = state.points(state.fmaps, state.pos.view(k * n, 2), motion)
         else:
             observed = torch.zeros(1, k * n, 1, dtype=torch.bool, device=disp.device)
             pts = model.point_tokens(
-                state.fmaps, state.pos.reshape(1, k * n, 1, 2), observed, state.prev.reshape(1, k * n, 1, 2)
+                state.fmaps, state.pos.reshape(1, k * n, 1, 2), observed, motion.reshape(1, k * n, 1, -1)
             )
         x_new = torch.cat((state.glob, pts.reshape(k, n, -1)), dim=1)
         if state.flat is not None:
@@ -352,8 +390,9 @@ class CudaGraphSampler(FastSampler):
                 dst_seg.k + dst_seg.v + [dst_seg.mask], src_seg.k + src_seg.v + [src_seg.mask], strict=True
             ):
                 dst.copy_(src)
-        for name in ("glob", "token_valid", "head_mask", "fused", "pos", "prev"):
-            getattr(s, name).copy_(getattr(fresh, name))
+        for name in ("glob", "token_valid", "head_mask", "fused", "pos", "prev", "trail"):
+            if getattr(s, name) is not None:
+                getattr(s, name).copy_(getattr(fresh, name))
         for name, table in fresh.mods.items():
             for dst_row, src_row in zip(s.mods[name], table, strict=True):
                 for dst, src in zip(dst_row, src_row, strict=True):
@@ -362,7 +401,8 @@ class CudaGraphSampler(FastSampler):
 
     def _graph(self, schedule: str, state: _State) -> torch.cuda.CUDAGraph:
         if schedule not in self._graphs:
-            snapshot = {n: getattr(state, n).clone() for n in ("fused", "pos", "prev")}
+            names = ("fused", "pos", "prev") + (("trail",) if state.trail is not None else ())
+            snapshot = {n: getattr(state, n).clone() for n in names}
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):  # warm-up on a side stream, as CUDA graphs require

@@ -3,7 +3,8 @@
 Per example: a window of ``history`` observed steps and ``horizon`` future steps of motion-weighted points
 (softmax of clipped mean squared motion, as the released code), the image of the last observed step. Every
 step s learns the velocity of x_t = t * d_s + (1 - t) * noise, d_s = (x_{s+1} - x_s) / displacement_scale
-(with ``residual_motion``: what is left after continuing the last displacement, ``residual_targets``),
+(with ``residual_motion``: what is left after continuing the last displacement or the motion window's
+mean, ``residual_targets``),
 towards d_s - noise, with t from cosmap(U) (official), logit-normal or uniform; the loss is masked where a
 step's start or end point is not visible. AdamW, warmup + cosine, gradient clipping, EMA weights (used for
 inference). Resumable: the EMA model (.safetensors + .json) and a training state (online weights, EMA and
@@ -26,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from perception_nodes.forecasting.config import by_name
-from perception_nodes.forecasting.network import ARFM
+from perception_nodes.forecasting.network import ARFM, motion_inputs
 from perception_nodes.forecasting.processor import collate, make_window
 from perception_nodes.forecasting.weights import save_model
 
@@ -57,10 +58,10 @@ class TrainConfig:
         default=0.5, metadata={"help": "point sampling softmax temperature (0 = uniform)"}
     )
     input_jitter_px: float = field(
-        default=0.3, metadata={"help": "noise added to observed positions (tracker error)"}
+        default=0.6, metadata={"help": "noise added to observed positions (tracker error)"}
     )
     jitter_spread: bool = field(
-        default=False,
+        default=True,
         metadata={
             "help": "draw each example's jitter std uniformly in [0, input_jitter_px] (exact histories "
             "included) instead of using input_jitter_px for all"
@@ -91,13 +92,17 @@ def sample_times(n: int, mode: str, gen: torch.Generator) -> torch.Tensor:
 
 
 def residual_targets(
-    pos: torch.Tensor, inputs: torch.Tensor, observed: torch.Tensor, history: int
+    pos: torch.Tensor, inputs: torch.Tensor, observed: torch.Tensor, history: int, window: int = 0
 ) -> torch.Tensor:
     """Residual-motion targets (B, N, L - 1, 2): the true next position minus where the sampler's constant
     velocity would put it, both from the positions the model is given (``inputs``, jittered in the
     history): pos_{s+1} - x_s - b_s with b_s = x_s - x_{s-1}. In the history b_s is 0 unless both steps
     are observed (as ``sampler.observed_displacement``); generated steps always continue (teacher forcing).
+    With a motion ``window`` W, b_s is the mean displacement (x_s - x_{s-W}) / W of ``network.motion_inputs``
+    at every step (as ``sampler.residual_base``).
     pos (B, N, L, 2) true, inputs (B, N, L - 1, 2), observed (B, N, L - 1)."""
+    if window > 0:
+        return pos[:, :, 1:] - inputs - motion_inputs(inputs, window)[..., 2:]
     base = torch.zeros_like(inputs)
     base[:, :, 1:] = inputs[:, :, 1:] - inputs[:, :, :-1]
     steps = torch.arange(1, inputs.shape[2], device=inputs.device)
@@ -133,7 +138,7 @@ def flow_loss(
     observed = vis[:, :, :-1] & (steps < history)
     mask = vis[:, :, 1:] & vis[:, :, :-1] & valid[:, :, None]
     if model.cfg.residual_motion:
-        disp = residual_targets(pos, inputs, observed, history)
+        disp = residual_targets(pos, inputs, observed, history, model.cfg.motion_window)
     else:
         disp = pos[:, :, 1:] - pos[:, :, :-1]  # (B, N, L - 1, 2) d_s
     target = disp / model.cfg.displacement_scale
