@@ -220,7 +220,7 @@ def small() -> ARFMConfig:
     forecast update (K = 5, N = 100, H = 15) takes about 50 ms on one CPU core (4 layers x 4 heads took 2x
     as long and forecast worse on held-out sim windows), with the 4-step mean displacement as a second
     motion input (``motion_window``: trained on jittered histories, the model without it shrank slow points'
-    first step to 0.55 of the true 0.95 px; 8 steps did worse). See models/arfm_small.md."""
+    first step to 0.58 px against a true 0.88 px; 7 steps did worse). See models/arfm_small.md."""
     return dataclasses.replace(ARFMConfig(), num_layers=2, num_heads=2, motion_window=4)
 
 
@@ -261,11 +261,7 @@ def official() -> ARFMConfig:
     )
 
 
-CONFIGS = {
-    "small": small,
-    "small_residual": small_residual,
-    "official": official,
-}
+CONFIGS = {"small": small, "small_residual": small_residual, "official": official}
 
 
 def by_name(name: str) -> ARFMConfig:

@@ -92,8 +92,8 @@ def history_trail(hist: torch.Tensor, window: int) -> torch.Tensor | None:
     repeated before it (as ``network.motion_inputs``); None without a motion window."""
     if window <= 0:
         return None
-    first = hist[:, :, :1].expand(-1, -1, window + 1, -1)
-    return torch.cat((first, hist), dim=2)[:, :, -(window + 1) :].contiguous()
+    s = hist.shape[2]
+    return hist.index_select(2, torch.arange(s - window - 1, s, device=hist.device).clamp(min=0))
 
 
 def step_motion(prev: torch.Tensor, trail: torch.Tensor | None) -> torch.Tensor:
