@@ -96,11 +96,14 @@ def history_trail(hist: torch.Tensor, window: int) -> torch.Tensor | None:
     return hist.index_select(2, torch.arange(s - window - 1, s, device=hist.device).clamp(min=0))
 
 
+def window_mean(trail: torch.Tensor) -> torch.Tensor:
+    """Mean displacement (..., 2) over a position trail (..., W + 1, 2)."""
+    return (trail[..., -1, :] - trail[..., 0, :]) / (trail.shape[-2] - 1)
+
+
 def step_motion(prev: torch.Tensor, trail: torch.Tensor | None) -> torch.Tensor:
     """A generated step's motion input (..., 2 or 4) from its displacement and position trail."""
-    if trail is None:
-        return prev
-    return torch.cat((prev, (trail[..., -1, :] - trail[..., 0, :]) / (trail.shape[-2] - 1)), dim=-1)
+    return prev if trail is None else torch.cat((prev, window_mean(trail)), dim=-1)
 
 
 def to_displacement(x: torch.Tensor, prev: torch.Tensor, cfg) -> torch.Tensor:
@@ -113,7 +116,7 @@ def to_displacement(x: torch.Tensor, prev: torch.Tensor, cfg) -> torch.Tensor:
 def residual_base(prev: torch.Tensor, trail: torch.Tensor | None) -> torch.Tensor:
     """What a residual-motion step continues (..., 2): the windowed mean displacement of the position trail
     with a motion window, else the previous displacement."""
-    return prev if trail is None else step_motion(prev, trail)[..., 2:]
+    return prev if trail is None else window_mean(trail)
 
 
 def _append_step(seq: torch.Tensor, observed: torch.Tensor, x: torch.Tensor, step: int, cfg) -> torch.Tensor:
@@ -317,7 +320,8 @@ class FastSampler:
             else:
                 v = head.run(base, x, table[e], state.head_mask)
             x = torch.add(x, v, alpha=times[e + 1] - times[e])
-        disp = to_displacement(x, residual_base(state.prev, state.trail), model.cfg)
+        base = residual_base(state.prev, state.trail) if model.cfg.residual_motion else state.prev
+        disp = to_displacement(x, base, model.cfg)
         state.pos.add_(disp)
         state.prev.copy_(disp)
         if state.trail is not None:
