@@ -72,12 +72,18 @@ def _inputs(model: ARFM, n: int, hist: int, seed: int = 0) -> ForecastInputs:
     cond = model.condition(
         1, torch.tensor([1]), None if text is None else torch.randn(1, cfg.text_dim), "cpu"
     )
-    return ForecastInputs(fmaps, tokens, history, observed, valid, cond, text)
+    level = torch.tensor([0.4]) if cfg.history_noise_input else None
+    return ForecastInputs(fmaps, tokens, history, observed, valid, cond, text, level)
 
 
 def _no_window():
     """The earlier shipped layout: the previous displacement as the only motion input."""
     return dataclasses.replace(small(), motion_window=0)
+
+
+def _noise_input():
+    """small with the history's noise level as an input (``_inputs`` tells it 0.4 px)."""
+    return dataclasses.replace(small(), history_noise_input=True)
 
 
 def test_shapes_and_parameter_counts():
@@ -105,6 +111,25 @@ def test_shapes_and_parameter_counts():
     assert 131e6 < count_parameters(big) < 133e6  # the paper's 132 M trainable parameters
 
 
+def test_history_noise_level_moves_observed_tokens_only():
+    model = _perturbed(ARFM(_noise_input()))
+    fmaps, _ = model.encode_image(torch.rand(2, 3, 128, 128))
+    pos = torch.rand(2, 6, 5, 2) * 256
+    observed = torch.rand(2, 6, 5) > 0.3
+    motion = motion_inputs(pos, model.cfg.motion_window)
+    exact = model.point_tokens(fmaps, pos, observed, motion)
+    torch.testing.assert_close(model.point_tokens(fmaps, pos, observed, motion, torch.zeros(2)), exact)
+    noisy = model.point_tokens(fmaps, pos, observed, motion, torch.tensor([0.0, 0.5]))
+    moved = (noisy - exact).abs().amax(-1) > 1e-6  # (B, N, S)
+    assert not moved[0].any() and torch.equal(moved[1], observed[1])  # example 1's observed steps only
+    plain = ARFM(small()).eval()
+    assert not hasattr(plain, "history_noise_embedding")
+    torch.testing.assert_close(
+        plain.point_tokens(fmaps, pos, observed, motion, torch.ones(2)),
+        plain.point_tokens(fmaps, pos, observed, motion),
+    )
+
+
 def test_motion_window_input_is_the_mean_displacement_and_damps_jitter():
     gen = torch.Generator().manual_seed(2)
     vel = torch.tensor([1.5, -0.5])
@@ -121,7 +146,9 @@ def test_motion_window_input_is_the_mean_displacement_and_damps_jitter():
 
 
 @pytest.mark.parametrize(
-    "make_cfg", [small, _tiny_official, _no_window], ids=["small", "official-layout", "no-window"]
+    "make_cfg",
+    [small, _tiny_official, _no_window, _noise_input],
+    ids=["small", "official-layout", "no-window", "noise-input"],
 )
 def test_causality_future_steps_never_change_earlier_outputs(make_cfg):
     model = _perturbed(ARFM(make_cfg()))
@@ -146,8 +173,8 @@ def _residual():
 
 @pytest.mark.parametrize(
     "make_cfg",
-    [small, _tiny_official, _residual, _no_window, small_residual],
-    ids=["small", "official-layout", "residual", "no-window", "window-residual"],
+    [small, _tiny_official, _residual, _no_window, small_residual, _noise_input],
+    ids=["small", "official-layout", "residual", "no-window", "window-residual", "noise-input"],
 )
 def test_kv_cache_sampling_equals_no_cache_sampling(make_cfg):
     model = _perturbed(ARFM(make_cfg()))
@@ -322,7 +349,9 @@ class _SimulatedGraphSampler(CudaGraphSampler):
         return _ReplayByCalling(lambda: self.body(state, schedule))
 
 
-@pytest.mark.parametrize("make_cfg", [_tiny_official, small], ids=["official-layout", "small"])
+@pytest.mark.parametrize(
+    "make_cfg", [_tiny_official, small, _noise_input], ids=["official-layout", "small", "noise-input"]
+)
 def test_graph_sampler_static_buffers_match_eager_sampling(make_cfg):
     model = _perturbed(ARFM(make_cfg()))
     eager = FastSampler(model, 5, 3, euler_steps=3)

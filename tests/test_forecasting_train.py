@@ -17,6 +17,7 @@ from perception_nodes.forecasting.train import (
     flow_loss,
     jitter_history,
     load_state,
+    perturb_future,
     sample_times,
     state_path,
     train,
@@ -159,11 +160,31 @@ def test_jitter_history_spreads_the_noise_level_over_examples_and_leaves_the_fut
     fixed = TrainConfig(input_jitter_px=0.6, jitter_spread=False)
     spread = dataclasses.replace(fixed, jitter_spread=True)
     gen = torch.Generator().manual_seed(0)
-    a, b = jitter_history(pos, 8, fixed, gen), jitter_history(pos, 8, spread, gen)
+    (a, level_a), (b, level_b) = jitter_history(pos, 8, fixed, gen), jitter_history(pos, 8, spread, gen)
     assert (a[:, :, 8:] == 0).all() and (b[:, :, 8:] == 0).all() and (pos == 0).all()
     std_a, std_b = a[:, :, :8].std(dim=(1, 2, 3)), b[:, :, :8].std(dim=(1, 2, 3))
     assert std_a.min() > 0.55 and std_a.max() < 0.65  # every example at the fixed level
     # spread: per-example levels uniform in [0, 0.6]: near-exact and full-level histories both occur
     assert std_b.min() < 0.03 and std_b.max() > 0.57
     assert abs(float(std_b.mean()) - 0.3) < 0.03
-    assert (jitter_history(pos, 8, TrainConfig(input_jitter_px=0.0), gen) == 0).all()
+    assert (level_a == 0.6).all()  # the levels the model is told are the stds drawn
+    torch.testing.assert_close(level_b, std_b, atol=0.02, rtol=0.05)
+    exact, level = jitter_history(pos, 8, TrainConfig(input_jitter_px=0.0), gen)
+    assert (exact == 0).all() and (level == 0).all()
+
+
+def test_perturb_future_walks_the_generated_steps_and_keeps_the_history():
+    pos = torch.randn(400, 50, 12, 2)
+    cfg = TrainConfig(future_noise_px=0.5)
+    gen = torch.Generator().manual_seed(0)
+    out = perturb_future(pos, 8, cfg, gen)
+    assert torch.equal(out[:, :, :8], pos[:, :, :8])  # observed steps (and the last one's position) kept
+    steps = torch.diff(
+        torch.cat([pos[:, :, 7:8], out[:, :, 8:]], 2) - torch.cat([pos[:, :, 7:8], pos[:, :, 8:]], 2), dim=2
+    )
+    level = steps.std(dim=(1, 2, 3))  # per-example displacement noise: uniform in [0, 0.5]
+    assert level.min() < 0.03 and level.max() > 0.47 and abs(float(level.mean()) - 0.25) < 0.03
+    drift = (out - pos)[:, :, 8:].pow(2).mean(dim=(0, 1, 3)).sqrt()  # a random walk: grows like sqrt(step)
+    ratio = drift[3] / drift[0]
+    assert 1.8 < ratio < 2.2
+    assert torch.equal(perturb_future(pos, 8, TrainConfig(), gen), pos)

@@ -189,6 +189,7 @@ class ForecastComponent:
             torch.from_numpy(obs).to(dev)[None],
             torch.ones(1, len(rows), dtype=torch.bool, device=dev),
             self.model.condition(1, None, None, dev),
+            noise_level=torch.tensor([s.history_noise_px], dtype=torch.float32, device=dev),
         )
         samples = self.sampler.sample(inputs, warm=self._warm(ids, hist_m), generator=self._gen)
         self._previous = _Previous(ids, samples, self._frame_index)

@@ -90,6 +90,15 @@ class ARFMConfig:
             "jitter barely moves (0 = off)"
         },
     )
+    history_noise_input: bool = field(
+        default=False,
+        metadata={
+            "help": "observed point tokens also carry the history's noise level (std of its positions, model "
+            "px) times a learned vector, so that a model trained on jittered histories can still trust "
+            "exact ones (training passes each example's jitter std, inference the tracker's noise; tried "
+            "for small and not adopted, see models/arfm_small.md)"
+        },
+    )
     use_camera_motion: bool = field(
         default=False,
         metadata={"help": "adaLN conditioning on a camera-motion class (0 static, 1 moving, 2 unknown)"},
@@ -173,8 +182,18 @@ class SamplingConfig:
         },
     )
     seed: int = field(default=0, metadata={"help": "noise seed (-1: nondeterministic)"})
+    history_noise_px: float = field(
+        default=0.5,
+        metadata={
+            "help": "position noise (std per coordinate, px at the model's 256 scale) of the tracks the "
+            "forecaster reads, told to models with history_noise_input (0: exact tracks, e.g. sim ground "
+            "truth); other models ignore it"
+        },
+    )
 
     def __post_init__(self):
+        if self.history_noise_px < 0:
+            raise ValueError("history_noise_px must be >= 0")
         if self.num_samples < 1 or self.horizon < 1 or self.history < 1:
             raise ValueError("num_samples, horizon and history must be >= 1")
         if self.euler_steps < 1 or self.warm_start_steps < 1:

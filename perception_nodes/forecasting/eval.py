@@ -96,9 +96,11 @@ def forecast_window(
     observed: np.ndarray,
     gen: torch.Generator,
     warm: torch.Tensor | None = None,
+    noise_px: float = 0.0,
 ) -> np.ndarray:
     """ARFM samples (K, M, H, 2) for one window (history (M, S, 2) model frame); ``warm`` (K, M, H, 2):
-    displacements of a previous forecast aligned to these steps (NaN: start from noise)."""
+    displacements of a previous forecast aligned to these steps (NaN: start from noise); ``noise_px``: the
+    history's position noise the model is told (``history_noise_input`` models)."""
     fmaps, tokens = model.encode_image(image[None])
     m = history.shape[0]
     inputs = ForecastInputs(
@@ -108,6 +110,7 @@ def forecast_window(
         torch.from_numpy(observed)[None],
         torch.ones(1, m, dtype=torch.bool),
         model.condition(1, None, None, "cpu"),
+        noise_level=torch.tensor([noise_px], dtype=torch.float32),
     )
     return sampler.sample(inputs, warm=warm, generator=gen).numpy()
 
@@ -144,7 +147,8 @@ def evaluate(
     forecast and "arfm_cold" the cold one on the same windows (which start one frame later, at ``history``).
     ``sample_seed``: seed of the flow noise (default ``seed``, which also draws the points).
     ``history_noise_px``: Gaussian noise (std, model pixels per coordinate) added to the observed history
-    that ARFM and the baselines see, like a point tracker's jitter; ground truth stays exact."""
+    that ARFM and the baselines see, like a point tracker's jitter; ground truth stays exact. Models with
+    ``history_noise_input`` are told this level (``sampling.history_noise_px`` is not used here)."""
     model.eval()
     cfg, h, s = model.cfg, sampling.horizon, sampling.history
     sampler = FastSampler(
@@ -173,13 +177,17 @@ def evaluate(
                 win.pos[:, : s + extra] += noise.astype(win.pos.dtype)
             hist, obs = win.pos[:, extra : s + extra], win.visible[:, extra : s + extra]
             gt, vis = win.pos[:, s + extra :], win.visible[:, s + extra :]
-            cold = forecast_window(model, sampler, win.image, hist, obs, gen)
+            cold = forecast_window(model, sampler, win.image, hist, obs, gen, noise_px=history_noise_px)
             forecasts = {"arfm": cold, **baselines(hist, obs, h)}
             if warm_start:
                 image = image_tensor(ep.rgb[current - 1], cfg.image_size)
-                earlier = forecast_window(model, sampler, image, win.pos[:, :s], win.visible[:, :s], gen)
+                earlier = forecast_window(
+                    model, sampler, image, win.pos[:, :s], win.visible[:, :s], gen, noise_px=history_noise_px
+                )
                 warm = aligned_warm(earlier)
-                forecasts["arfm"] = forecast_window(model, sampler, win.image, hist, obs, gen, warm)
+                forecasts["arfm"] = forecast_window(
+                    model, sampler, win.image, hist, obs, gen, warm, history_noise_px
+                )
                 forecasts["arfm_cold"] = cold
             for name, pred in forecasts.items():
                 per[name].append(example_metrics(pred, gt, vis, hist[:, -1], moving_px))

@@ -69,12 +69,19 @@ class PrefillGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, features, global_tokens, history, observed, point_valid):
-        """history (1, N, S, 2) model frame, observed / point_valid float 0/1 -> fused_last (1, N, D),
-        prefix_k / prefix_v (L_time, P, H, S, hd)."""
+    def forward(self, features, global_tokens, history, observed, point_valid, noise_level=None):
+        """history (1, N, S, 2) model frame, observed / point_valid float 0/1, noise_level (1,) model px
+        (an input only of ``history_noise_input`` models) -> fused_last (1, N, D), prefix_k / prefix_v
+        (L_time, P, H, S, hd)."""
         m = self.model
         x, step_valid, token_valid = m.sequence(
-            [features], global_tokens, history, observed > 0.5, point_valid > 0.5, history.shape[2]
+            [features],
+            global_tokens,
+            history,
+            observed > 0.5,
+            point_valid > 0.5,
+            history.shape[2],
+            noise_level,
         )
         last, cache = m.fusion.prefill(x, step_valid, token_valid, 1, 1)
         seg = cache.segments[0]
@@ -154,13 +161,16 @@ def _inputs(kind: str) -> dict[str, np.ndarray]:
         hist = (
             rng.uniform(20, 230, (1, N, 1, 2)) + np.cumsum(rng.normal(0, 2, (1, N, s, 2)), axis=2)
         ).astype(f32)
-        return {
+        inputs = {
             "features": features,
             "global_tokens": tokens,
             "history": hist,
             "observed": (rng.random((1, N, s)) > 0.1).astype(f32),
             "point_valid": valid,
         }
+        if cfg.history_noise_input:
+            inputs["noise_level"] = np.array([0.4], f32)
+        return inputs
     if kind == "step":
         kv = (lt, K, p, heads, gen, hd)
         return {

@@ -26,6 +26,7 @@ from torch import nn
 from perception_nodes.forecasting.config import ARFMConfig
 
 SMALL_GEMV = 1 << 20  # per-sample value caches up to this many elements are reduced by mul + sum
+HISTORY_NOISE_UNIT_PX = 0.1  # the noise level enters in these units, so its vector learns at a usual pace
 NEG = -1e4  # additive mask value: exp(NEG) == 0 in fp16/fp32 and never NaN when a row is fully masked
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -571,6 +572,8 @@ class ARFM(nn.Module):
         self.point_observed_embedding = nn.Embedding(2, cfg.feature_dim)
         self.global_projection = nn.Linear(cfg.global_dim, cfg.hidden_size)
         self.global_observed_embedding = nn.Embedding(2, cfg.global_dim)
+        if cfg.history_noise_input:  # zero at first: a model starts as if every history were exact
+            self.history_noise_embedding = nn.Parameter(torch.zeros(cfg.feature_dim))
         self.fusion = FusionTransformer(cfg)
         self.head = FlowHead(cfg, time_scale=cfg.flow_time_scale)
         if cfg.use_camera_motion:
@@ -609,12 +612,19 @@ class ARFM(nn.Module):
         pos: torch.Tensor,
         observed: torch.Tensor,
         motion: torch.Tensor | None,
+        noise_level: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """pos (B, N, S, 2) model frame; observed (B, N, S) bool; motion (B, N, S, cfg.motion_dim) model
-        pixels (``motion_inputs``) -> tokens (B, N, S, D)."""
+        pixels (``motion_inputs``); noise_level (B,) std of the observed positions' noise, model pixels
+        (``history_noise_input`` models; None: exact) -> tokens (B, N, S, D)."""
         cfg = self.cfg
         feats = sample_features(fmaps, pos, cfg.coord_size, cfg.feature_sampling)
-        parts = [feats + self.point_observed_embedding(observed.long())]
+        feats = feats + self.point_observed_embedding(observed.long())
+        if cfg.history_noise_input and noise_level is not None:
+            level = noise_level.to(feats.dtype)[:, None, None, None] / HISTORY_NOISE_UNIT_PX
+            level = level * observed[..., None].to(feats.dtype)
+            feats = feats + level * self.history_noise_embedding
+        parts = [feats]
         if cfg.use_position_input:
             parts.insert(0, fourier_position(pos, cfg.coord_size, cfg.num_fourier_bands))
         if cfg.use_motion_input:
@@ -651,15 +661,16 @@ class ARFM(nn.Module):
             cond = pooled if cond is None else cond + pooled
         return cond
 
-    def sequence(self, fmaps, tokens, pos, observed, point_valid, history_len):
+    def sequence(self, fmaps, tokens, pos, observed, point_valid, history_len, noise_level=None):
         """Fusion input of a whole sequence: (x (B, P, S, D), step_valid (B, P, S), token_valid (B, P)).
 
         Steps [0, history_len) are the observed past (the image is of the last one): their global tokens
         carry the 'observed' embedding; a point's step carries it where the tracker saw the point
         (``observed``, always False after the history). Every step stays attendable (unseen history steps
-        hold the track's first position)."""
+        hold the track's first position). noise_level (B,): see ``point_tokens``."""
         b, n, s, _ = pos.shape
-        pts = self.point_tokens(fmaps, pos, observed, motion_inputs(pos, self.cfg.motion_window))
+        motion = motion_inputs(pos, self.cfg.motion_window)
+        pts = self.point_tokens(fmaps, pos, observed, motion, noise_level)
         glob = self.global_tokens(tokens, torch.arange(s, device=pos.device) < history_len)
         x = torch.cat((glob, pts), dim=1)
         g = glob.shape[1]
@@ -667,10 +678,14 @@ class ARFM(nn.Module):
         token_valid = torch.cat((torch.ones(b, g, dtype=torch.bool, device=pos.device), point_valid), dim=1)
         return x, step_valid, token_valid
 
-    def fuse(self, fmaps, tokens, pos, observed, point_valid, history_len, text=None) -> torch.Tensor:
+    def fuse(
+        self, fmaps, tokens, pos, observed, point_valid, history_len, text=None, noise_level=None
+    ) -> torch.Tensor:
         """Fused point states (B, N, S, D) for a whole sequence (training / no-cache sampling); with text the
         projected text tokens precede the steps of every token's time sequence."""
-        x, step_valid, token_valid = self.sequence(fmaps, tokens, pos, observed, point_valid, history_len)
+        x, step_valid, token_valid = self.sequence(
+            fmaps, tokens, pos, observed, point_valid, history_len, noise_level
+        )
         prefix = self.text_prefix(x.shape[0], text, x.dtype, x.device)
         if prefix is not None:
             x = torch.cat((prefix[:, None].expand(-1, x.shape[1], -1, -1), x), dim=2)
@@ -679,10 +694,21 @@ class ARFM(nn.Module):
         return out[:, tokens.shape[1] :, self.cfg.text_prefix :]
 
     def forward(
-        self, fmaps, tokens, pos, observed, point_valid, history_len, noised, t, cond=None, text=None
+        self,
+        fmaps,
+        tokens,
+        pos,
+        observed,
+        point_valid,
+        history_len,
+        noised,
+        t,
+        cond=None,
+        text=None,
+        noise_level=None,
     ):
         """Velocity (B, N, S, 2) of every step's next displacement (teacher forcing)."""
-        fused = self.fuse(fmaps, tokens, pos, observed, point_valid, history_len, text)
+        fused = self.fuse(fmaps, tokens, pos, observed, point_valid, history_len, text, noise_level)
         return self.head(fused, noised, t, cond, point_valid)
 
 

@@ -49,6 +49,13 @@ class ForecastInputs:
     point_valid: torch.Tensor  # (1, N) bool: slot holds a real track
     cond: torch.Tensor | None = None  # (1, D_head) adaLN conditioning (camera motion / pooled text)
     text: torch.Tensor | None = None  # (1, T_text, text_dim) text embeddings (use_text models)
+    noise_level: torch.Tensor | None = (
+        None  # (1,) std of the history's position noise, model px (None: exact)
+    )
+
+    def levels(self, k: int) -> torch.Tensor | None:
+        """noise_level for a batch of k copies of these inputs (k,), or None."""
+        return None if self.noise_level is None else self.noise_level.reshape(1).expand(k)
 
 
 def euler_times(t_start: float, t_end: float, steps: int) -> list[float]:
@@ -182,7 +189,13 @@ class FastSampler:
         hist = inputs.history
         dev, dtype = hist.device, hist.dtype
         x, step_valid, token_valid = model.sequence(
-            inputs.fmaps, inputs.tokens, hist, inputs.observed, inputs.point_valid, hist.shape[2]
+            inputs.fmaps,
+            inputs.tokens,
+            hist,
+            inputs.observed,
+            inputs.point_valid,
+            hist.shape[2],
+            inputs.levels(1),
         )
         text = model.text_prefix(1, inputs.text, dtype, dev)
         reuse = self._own if self._own is not None and self._own.k[0].device == dev else None
@@ -438,7 +451,8 @@ def sample_no_cache(
     cond = None if inputs.cond is None else inputs.cond.expand(k, -1)
     seq, seen = hist, obs
     for step in range(h):
-        fused = model.fuse(fmaps, tokens, seq, seen, valid, hist.shape[2], text)[:, :, -1:]  # (K, N, 1, D)
+        fused = model.fuse(fmaps, tokens, seq, seen, valid, hist.shape[2], text, inputs.levels(k))
+        fused = fused[:, :, -1:]  # (K, N, 1, D)
         x = noise[:, step, :, None]
         for e in range(len(times) - 1):
             t = torch.full((k,), times[e], dtype=noise.dtype, device=noise.device)
@@ -472,7 +486,8 @@ def sample_naive_official(
     text = None if inputs.text is None else inputs.text.expand(k, -1, -1)
     seq, seen = hist, obs
     for step in range(noise.shape[1]):
-        fused = model.fuse(fmaps, tokens, seq, seen, valid, hist.shape[2], text)[:, :, -1:]
+        fused = model.fuse(fmaps, tokens, seq, seen, valid, hist.shape[2], text, inputs.levels(k))
+        fused = fused[:, :, -1:]
         x = noise[:, step, :, None]
         for e in range(len(times) - 1):
             if reencode is not None:

@@ -67,6 +67,14 @@ class TrainConfig:
             "included) instead of using input_jitter_px for all"
         },
     )
+    future_noise_px: float = field(
+        default=0.0,
+        metadata={
+            "help": "std of a random walk added to the teacher-forced future positions (per-step "
+            "displacement noise, drawn per example in [0, future_noise_px]), so that training sees "
+            "generated steps as rough as the model's own samples; targets stay the true displacements"
+        },
+    )
     flip: bool = field(default=True, metadata={"help": "random left-right mirroring"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
@@ -113,17 +121,33 @@ def residual_targets(
 
 def jitter_history(
     inputs: torch.Tensor, history: int, cfg: TrainConfig, gen: torch.Generator
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """inputs (B, N, L, 2) with Gaussian noise on the first ``history`` steps, like a tracker's error: std
     ``input_jitter_px``, or per example uniform in [0, input_jitter_px] with ``jitter_spread`` (so the
-    model also sees exact histories and can tell them apart by their roughness)."""
+    model also sees exact histories). Returns the jittered inputs and each example's std (B,), which
+    ``history_noise_input`` models are told."""
     out = inputs.clone()
+    std = torch.full((inputs.shape[0],), max(cfg.input_jitter_px, 0.0))
     if cfg.input_jitter_px <= 0:
-        return out
-    std = torch.full((inputs.shape[0], 1, 1, 1), cfg.input_jitter_px)
+        return out, std
     if cfg.jitter_spread:
-        std = std * torch.rand(inputs.shape[0], 1, 1, 1, generator=gen)
-    out[:, :, :history] += torch.randn(out[:, :, :history].shape, generator=gen) * std
+        std = std * torch.rand(inputs.shape[0], generator=gen)
+    out[:, :, :history] += torch.randn(out[:, :, :history].shape, generator=gen) * std[:, None, None, None]
+    return out, std
+
+
+def perturb_future(
+    inputs: torch.Tensor, history: int, cfg: TrainConfig, gen: torch.Generator
+) -> torch.Tensor:
+    """inputs (B, N, L, 2) whose steps from ``history`` on (the teacher-forced generated steps) follow a
+    random walk around the true positions: per-step displacement noise of std u * ``future_noise_px``,
+    u ~ U[0, 1] per example, accumulated from the last observed step (whose position is kept)."""
+    if cfg.future_noise_px <= 0 or inputs.shape[2] <= history:
+        return inputs
+    out = inputs.clone()
+    std = cfg.future_noise_px * torch.rand(inputs.shape[0], 1, 1, 1, generator=gen)
+    steps = torch.randn(out[:, :, history:].shape, generator=gen) * std
+    out[:, :, history:] += steps.cumsum(dim=2)
     return out
 
 
@@ -133,7 +157,8 @@ def flow_loss(
     """Masked rectified-flow loss of one batch (see module docstring)."""
     pos, vis, valid = batch["pos"], batch["visible"], batch["point_valid"]
     b, length = pos.shape[0], pos.shape[2]
-    inputs = jitter_history(pos[:, :, :-1], history, cfg, gen)
+    inputs, level = jitter_history(pos[:, :, :-1], history, cfg, gen)
+    inputs = perturb_future(inputs, history, cfg, gen)
     steps = torch.arange(length - 1)
     observed = vis[:, :, :-1] & (steps < history)
     mask = vis[:, :, 1:] & vis[:, :, :-1] & valid[:, :, None]
@@ -147,7 +172,7 @@ def flow_loss(
     noised = t[:, None, None, None] * target + (1 - t[:, None, None, None]) * noise
     fmaps, tokens = model.encode_image(batch["image"])
     cond = model.condition(b, None, None, pos.device)
-    vel = model(fmaps, tokens, inputs, observed, valid, history, noised, t, cond)
+    vel = model(fmaps, tokens, inputs, observed, valid, history, noised, t, cond, noise_level=level)
     err = ((vel - (target - noise)) ** 2).mean(-1)
     return err[mask].mean() if mask.any() else err.sum() * 0.0
 
