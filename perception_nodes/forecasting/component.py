@@ -100,6 +100,11 @@ class ForecastComponent:
             self.model, s.horizon, s.num_samples, s.euler_steps, s.t_end, s.warm_start_t, s.warm_start_steps
         )
         self.model_id = model_id(self.model)
+        self._noise_level = (  # what history_noise_input models are told about the tracks; others: None
+            torch.tensor([s.history_noise_px], dtype=torch.float32, device=self.config.device)
+            if self.model.cfg.history_noise_input
+            else None
+        )
         self.reset()
 
     def reset(self) -> None:
@@ -189,7 +194,7 @@ class ForecastComponent:
             torch.from_numpy(obs).to(dev)[None],
             torch.ones(1, len(rows), dtype=torch.bool, device=dev),
             self.model.condition(1, None, None, dev),
-            noise_level=torch.tensor([s.history_noise_px], dtype=torch.float32, device=dev),
+            noise_level=self._noise_level,
         )
         samples = self.sampler.sample(inputs, warm=self._warm(ids, hist_m), generator=self._gen)
         self._previous = _Previous(ids, samples, self._frame_index)

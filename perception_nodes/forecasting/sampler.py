@@ -49,9 +49,8 @@ class ForecastInputs:
     point_valid: torch.Tensor  # (1, N) bool: slot holds a real track
     cond: torch.Tensor | None = None  # (1, D_head) adaLN conditioning (camera motion / pooled text)
     text: torch.Tensor | None = None  # (1, T_text, text_dim) text embeddings (use_text models)
-    noise_level: torch.Tensor | None = (
-        None  # (1,) std of the history's position noise, model px (None: exact)
-    )
+    # (1,) std of the history's position noise, model px, for history_noise_input models (None: exact)
+    noise_level: torch.Tensor | None = None
 
     def levels(self, k: int) -> torch.Tensor | None:
         """noise_level for a batch of k copies of these inputs (k,), or None."""
