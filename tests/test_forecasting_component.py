@@ -161,3 +161,23 @@ def test_history_noise_jitters_what_the_forecasters_see_not_the_truth():
     # a jittered last position moves the static forecast off the truth; a jittered velocity is worse still
     assert runs[2]["static"]["min_ade"] > runs[0]["static"]["min_ade"] + 0.3
     assert runs[2]["constant_velocity"]["min_fde"] > runs[0]["constant_velocity"]["min_fde"] + 3.0
+
+
+@pytest.mark.parametrize("noise_input", [False, True])
+def test_the_told_history_noise_reaches_noise_input_models_only(noise_input):
+    def last_forecast(told: float) -> np.ndarray:
+        cfg = ForecastingConfig(
+            sampling=SamplingConfig(num_samples=K, horizon=H, history=4, euler_steps=2, history_noise_px=told)
+        )
+        torch.manual_seed(0)
+        model = ARFM(dataclasses.replace(small(), history_noise_input=noise_input))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.05)  # a non-zero noise vector, and a head that moves points
+        return _run(ForecastComponent(cfg, model.eval()))[-1][1].samples
+
+    exact, noisy = last_forecast(0.0), last_forecast(0.6)
+    if noise_input:
+        assert np.abs(exact - noisy).max() > 1e-3
+    else:
+        np.testing.assert_array_equal(exact, noisy)
