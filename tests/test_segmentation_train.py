@@ -19,6 +19,7 @@ from perception_nodes.segmentation.train import (
     episode_vacated,
     explain_away,
     initial_targets,
+    instance_targets,
     motion_mask,
     motion_segments,
     to_map,
@@ -95,6 +96,43 @@ def test_training_lowers_the_loss_and_resumes(tmp_path):
     resumed = train(TrainConfig(**{**base, "steps": 28, "resume": True}), progress=False, pairs=pairs)
     assert len(resumed["losses"]) == 4  # continued from step 24
     assert json.loads((tmp_path / "train_state.json").read_text())["step"] == 28
+
+
+def test_instance_targets_give_every_object_one_id_and_the_floor_the_background():
+    inst = np.zeros((2, 16, 16), np.uint16)
+    inst[0, :8, :8], inst[0, 8:, 8:] = 7, 3  # two objects on the floor
+    inst[1] = 5  # one object filling the frame: no background
+    inst[1, :, 8:] = 9
+    ids, background = instance_targets(inst, (8, 8))
+    assert ids.dtype == np.uint8 and ids.shape == background.shape == (2, 8, 8)
+    assert (ids[0][:4, :4] == ids[0][0, 0]).all() and (ids[0][4:, 4:] == ids[0][7, 7]).all()
+    assert len({ids[0][0, 0], ids[0][7, 7], 0}) == 3 and (ids[0][background[0]] == 0).all()
+    assert background[0].sum() == 32 and not background[1].any()
+    assert set(np.unique(ids[1])) == {1, 2}  # objects never take the unlabelled id 0
+
+
+def test_instance_supervision_trains_on_ground_truth_without_bootstrapping(tmp_path):
+    torch.set_num_threads(1)
+    pairs = _synthetic_pairs()
+    pairs = dataclasses.replace(pairs, motion=np.zeros_like(pairs.motion))  # no motion at all
+    tcfg = TrainConfig(
+        out=str(tmp_path),
+        steps=16,
+        batch=4,
+        lr=2e-3,
+        warmup=4,
+        bootstrap_at=(0.5,),
+        threads=1,
+        supervision="instances",
+        overrides=json.dumps(TINY),
+    )
+    summary = train(tcfg, progress=False, pairs=pairs)
+    losses = summary["losses"]
+    assert np.mean(losses[-4:]) < 0.85 * np.mean(losses[:4]), losses
+    saved = json.loads((tmp_path / "train_summary.json").read_text())["train_config"]
+    assert saved["bootstrap_at"] == [] and saved["still_objects"] == 0.0
+    with pytest.raises(ValueError, match="supervision"):
+        TrainConfig(out=str(tmp_path), supervision="labels")
 
 
 def test_explain_away_gives_confident_segments_their_own_id():

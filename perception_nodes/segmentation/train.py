@@ -171,6 +171,14 @@ class TrainConfig:
             "mIoU 0.488 vs 0.499 without it, one run each)"
         },
     )
+    supervision: str = dataclasses.field(
+        default="motion",
+        metadata={
+            "help": "motion (self-supervised, the product) or instances (ablation: the same frames' "
+            "ground-truth instances as targets, every object its own group and table/floor the background "
+            "group, no bootstrapping: what this network and step budget reach with perfect targets)"
+        },
+    )
     bags: tuple[str, ...] = dataclasses.field(default=(), metadata={"help": "sim bags to train on instead"})
     seed: int = dataclasses.field(default=0, metadata={"help": "training seed"})
     device: str = dataclasses.field(default="cpu", metadata={"help": "cpu or cuda"})
@@ -202,6 +210,8 @@ class TrainConfig:
             )
         if self.still_directions not in ("before", "both"):
             raise ValueError(f"still_directions must be 'before' or 'both', got {self.still_directions!r}")
+        if self.supervision not in ("motion", "instances"):
+            raise ValueError(f"supervision must be 'motion' or 'instances', got {self.supervision!r}")
         if any(not 0 < f < 1 for f in self.bootstrap_at):
             raise ValueError(f"bootstrap_at fractions must be in (0, 1), got {self.bootstrap_at}")
 
@@ -669,6 +679,19 @@ def explain_away(
     return out
 
 
+def instance_targets(instance: np.ndarray, map_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Ablation targets from ground truth: input-size instances (P, H, W) (0 = table/floor/walls) ->
+    map-size target ids (P, h, w) uint8, each frame's objects numbered 1..n (nearest sampling), and the
+    background group (P, h, w) bool."""
+    h, w = map_size
+    small = np.stack([cv2.resize(i, (w, h), interpolation=cv2.INTER_NEAREST) for i in instance])
+    ids = np.stack([np.unique(f, return_inverse=True)[1].reshape(f.shape) for f in small])
+    ids = ids + (small.reshape(len(small), -1).min(1) > 0)[:, None, None]  # frames without background
+    if ids.max() >= STILL_OFFSET:
+        raise ValueError(f"{ids.max()} objects in a frame: at most {STILL_OFFSET - 1} target ids")
+    return ids.astype(np.uint8), small == 0
+
+
 def initial_targets(motion: np.ndarray, single_id: bool) -> np.ndarray:
     """(P, h, w) bool motion masks -> uint8 target ids before bootstrapping."""
     if single_id:
@@ -790,6 +813,29 @@ def load_state(out: Path, net: EisenNet, opt: torch.optim.Optimizer) -> tuple[in
 # -- training loop -------------------------------------------------------------------------------------------
 
 
+def prepare_targets(
+    tcfg: TrainConfig, cfg: EisenConfig, pairs: PairData
+) -> tuple[TrainConfig, PairData, np.ndarray]:
+    """The run's effective config, pairs and first target ids (P, h, w): motion regions, or the ground-truth
+    instances for the ``instances`` ablation (which also replaces the background group and turns still
+    objects, the robot and bootstrapping off); options the pairs cannot serve are turned off, with a
+    warning."""
+    if tcfg.supervision == "instances":
+        base, background = instance_targets(pairs.instance, cfg.map_size)
+        pairs = dataclasses.replace(pairs, background=background, robot=None)
+        tcfg = dataclasses.replace(tcfg, still_objects=0.0, bootstrap_at=())
+        log.info("ablation: ground-truth instance targets (%.2f ids per frame)", _ids_per_frame(base))
+    else:
+        base = initial_targets(pairs.motion, tcfg.single_motion_id)
+    if tcfg.static_background > 0 and pairs.background is None:
+        log.warning("the training pairs have no background masks: training without --static-background")
+        tcfg = dataclasses.replace(tcfg, static_background=0.0)
+    if tcfg.still_objects > 0 and pairs.still is None:
+        log.warning("the training pairs have no still-object masks: training without --still-objects")
+        tcfg = dataclasses.replace(tcfg, still_objects=0.0)
+    return tcfg, pairs, base
+
+
 def train(tcfg: TrainConfig, progress: bool = True, pairs: PairData | None = None) -> dict:
     """Run training; returns a summary dict (losses, timings). Writes weights to ``tcfg.out``.
 
@@ -809,16 +855,10 @@ def train(tcfg: TrainConfig, progress: bool = True, pairs: PairData | None = Non
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     pairs = pairs if pairs is not None else load_pairs(tcfg, cfg)
-    if tcfg.static_background > 0 and pairs.background is None:
-        log.warning("the training pairs have no background masks: training without --static-background")
-        tcfg = dataclasses.replace(tcfg, static_background=0.0)
-    if tcfg.still_objects > 0 and pairs.still is None:
-        log.warning("the training pairs have no still-object masks: training without --still-objects")
-        tcfg = dataclasses.replace(tcfg, still_objects=0.0)
+    tcfg, pairs, base = prepare_targets(tcfg, cfg, pairs)
     data_s = time.perf_counter() - t0
     net = EisenNet(cfg).to(tcfg.device).train()
     opt = torch.optim.Adam(net.parameters(), lr=tcfg.lr)
-    base = initial_targets(pairs.motion, tcfg.single_motion_id)
     step, round_, targets = 0, 0, base
     if tcfg.resume and (out / "train_state.json").exists():
         step, round_, targets = load_state(out, net, opt)
