@@ -64,6 +64,12 @@ def _synthetic_pairs(n: int = 12, size: int = 128) -> PairData:
     return PairData(np.stack(images), np.stack(motion), np.stack(inst), background)
 
 
+def _tiny_config(out, **changes) -> dict:
+    """TrainConfig fields of a short run of the tiny network (no bootstrapping unless changed)."""
+    fields = dict(out=str(out), steps=24, batch=4, lr=2e-3, warmup=4, bootstrap_at=(), threads=1)
+    return {**fields, "overrides": json.dumps(TINY), **changes}
+
+
 def test_dis_motion_mask_finds_the_moving_square():
     pairs = _synthetic_pairs(2)
     truth = pairs.instance[0][::4, ::4] > 0
@@ -75,17 +81,7 @@ def test_dis_motion_mask_finds_the_moving_square():
 def test_training_lowers_the_loss_and_resumes(tmp_path):
     torch.set_num_threads(1)
     pairs = _synthetic_pairs()
-    base = dict(
-        out=str(tmp_path),
-        steps=24,
-        batch=4,
-        lr=2e-3,
-        warmup=4,
-        bootstrap_at=(),
-        ckpt_every=12,
-        threads=1,
-        overrides=json.dumps(TINY),
-    )
+    base = _tiny_config(tmp_path, ckpt_every=12)
     summary = train(TrainConfig(**base), progress=False, pairs=pairs)
     losses = summary["losses"]
     assert len(losses) == 24
@@ -115,17 +111,7 @@ def test_instance_supervision_trains_on_ground_truth_without_bootstrapping(tmp_p
     torch.set_num_threads(1)
     pairs = _synthetic_pairs()
     pairs = dataclasses.replace(pairs, motion=np.zeros_like(pairs.motion))  # no motion at all
-    tcfg = TrainConfig(
-        out=str(tmp_path),
-        steps=16,
-        batch=4,
-        lr=2e-3,
-        warmup=4,
-        bootstrap_at=(0.5,),
-        threads=1,
-        supervision="instances",
-        overrides=json.dumps(TINY),
-    )
+    tcfg = TrainConfig(**_tiny_config(tmp_path, steps=16, bootstrap_at=(0.5,), supervision="instances"))
     summary = train(tcfg, progress=False, pairs=pairs)
     losses = summary["losses"]
     assert np.mean(losses[-4:]) < 0.85 * np.mean(losses[:4]), losses
