@@ -113,3 +113,61 @@ def test_edge_aware_upsampling_snaps_segments_to_colour_edges():
     assert (refine_upsample(flat, rgb) == 3).all()
     odd = refine_upsample(coarse[:, :48], cv2.resize(rgb, (200, 240)))  # non-integer scale factors
     assert odd.shape == (240, 200) and set(np.unique(odd)) == {0, 1, 2}
+
+
+def _refine_by_hand(labels: np.ndarray, rgb: np.ndarray, sigma_color=10.0, sigma_space=1.0) -> np.ndarray:
+    """``refine_upsample``'s rule pixel by pixel: among the labels of the 3x3 map cells around the pixel's
+    nearest cell, the one with the largest summed bilateral weight (the first such cell on ties)."""
+    h, w = labels.shape
+    H, W = rgb.shape[:2]
+    cell = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA).astype(np.float64)  # uint8 means
+    px = rgb.astype(np.float64)
+    out = np.zeros((H, W), labels.dtype)
+    for y in range(H):
+        for x in range(W):
+            cy, cx = (y + 0.5) * h / H - 0.5, (x + 0.5) * w / W - 0.5
+            votes: dict[int, float] = {}
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    yy = min(max(int(np.rint(cy)) + dy, 0), h - 1)
+                    xx = min(max(int(np.rint(cx)) + dx, 0), w - 1)
+                    c2 = ((px[y, x] - cell[yy, xx]) ** 2).sum()
+                    wt = np.exp(
+                        -((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma_space**2) - c2 / (2 * sigma_color**2)
+                    )
+                    votes[int(labels[yy, xx])] = votes.get(int(labels[yy, xx]), 0.0) + wt
+            out[y, x] = max(votes, key=votes.get)  # dicts keep insertion order: first label wins ties
+    return out
+
+
+@pytest.mark.parametrize("frame_size", [(64, 64), (50, 72)])
+def test_edge_aware_upsampling_matches_its_rule_pixel_by_pixel(frame_size):
+    """Many small segments (nearly every map cell borders another label) on a picture with colour edges
+    across the cells: the vectorised upsampling equals the rule written pixel by pixel, at an integer and
+    at non-integer scale factors."""
+    rng = np.random.default_rng(3)
+    labels = cv2.resize(
+        rng.integers(0, 12, (6, 6)).astype(np.int32), (16, 16), interpolation=cv2.INTER_NEAREST
+    )
+    labels[rng.random((16, 16)) < 0.15] = 20  # isolated cells
+    H, W = frame_size
+    rgb = cv2.resize((labels * 19 % 256).astype(np.uint8), (W, H), interpolation=cv2.INTER_LINEAR)
+    rgb = np.dstack([rgb, 255 - rgb, rng.integers(0, 40, (H, W), dtype=np.uint8)]).astype(np.uint8)
+    rgb = np.roll(rgb, (1, 2), (0, 1))  # colour edges between the map cells' edges
+    got = refine_upsample(labels, rgb)
+    want = _refine_by_hand(labels, rgb)
+    assert got.shape == (H, W)
+    assert (got != upsample_labels(labels, H, W)).mean() > 0.02  # the rule does move labels here
+    assert (got == want).all(), np.argwhere(got != want)[:5]
+
+
+def test_segment_stats_boxes_of_many_segments():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 6, (30, 40)).astype(np.uint16)
+    labels[labels == 4] = 0
+    s = segment_stats(labels)
+    for k, box, area in zip(s.ids, s.bboxes, s.areas, strict=True):
+        ys, xs = np.nonzero(labels == k)
+        assert box.tolist() == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+        assert area == len(ys)
+    assert s.ids.tolist() == [1, 2, 3, 5]

@@ -188,7 +188,6 @@ class EisenComponent:
     def _associate(self, segments: np.ndarray) -> np.ndarray:
         """Relabel connected segments (1..K) with ids stable across frames."""
         cur_ids = [int(k) for k in np.unique(segments) if k != 0]
-        out = np.zeros_like(segments, dtype=np.int32)
         mapping: dict[int, int] = {}
         if self._prev is not None and self._prev.shape != segments.shape:  # depth came or went
             self._prev = upsample_labels(self._prev, *segments.shape)
@@ -197,11 +196,13 @@ class EisenComponent:
             if prev_ids:
                 mapping = _match(segments, cur_ids, self._prev, prev_ids, self.config.match_iou)
         used = set(mapping.values())
+        lut = np.zeros(int(segments.max(initial=0)) + 1, np.int32)
         for k in cur_ids:
             if k not in mapping:
                 mapping[k] = self._fresh_id(used)
                 used.add(mapping[k])
-            out[segments == k] = mapping[k]
+            lut[k] = mapping[k]
+        out = lut[segments]
         self._prev = out
         return out
 
