@@ -6,9 +6,11 @@
 1. ``small`` at 256² (shipped weights when present): latency per frame of the streaming component
    (resize, network, affinities, KProp, competition, connected components, stable ids, statistics), for
    fp32 / bf16 KProp with and without early exit; the median over ``--frames`` sim-like frames.
-2. Depth-aware refinement (``segmentation.depth_refine``, RGB-D cameras): the cut at the supporting plane
-   alone on 256² and 640×480 sim frames with exact depth, and the bf16 component per 256² frame with and
-   without depth in the same run (``--skip-depth`` to leave out).
+2. Frames at camera resolution and depth-aware refinement (``segmentation.depth_refine``, RGB-D cameras):
+   on 256² and 640×480 sim frames with exact depth, the cut at the supporting plane alone, and the bf16
+   component per frame with and without depth in the same run (at 640×480 the frame is resized to the
+   network's 256² and the segments are upsampled back to it: a camera's stream; ``--skip-depth`` to leave
+   out).
 3. ``official`` at 512² (random weights): the fast path and the reference path (the official computation:
    per-edge gathered logits, sparse graph built per frame, sparse KProp, categorical competition) in the
    same run, whole pipeline and the part after the backbone.
@@ -114,9 +116,8 @@ def bench_depth(args) -> dict:
         print(
             f"depth refinement alone at {width}x{height}: {np.median(times):.1f} ms/frame median", flush=True
         )
-        if (width, height) != (256, 256):
-            continue
-        for name, with_depth in (("bf16_rgb", False), ("bf16_rgbd", True)):
+        for kind, with_depth in (("rgb", False), ("rgbd", True)):
+            name = f"bf16_{kind}_{width}x{height}"
             comp = EisenComponent(
                 EisenComponentConfig(overlay=False, kprop_dtype="bfloat16"), net=net, model_config=cfg
             )
@@ -127,7 +128,10 @@ def bench_depth(args) -> dict:
                 comp.step(Frame(i + 1, ep.rgb[i], depth, camera))
                 times.append((time.perf_counter() - t0) * 1e3)
             out[f"{name}_ms"] = float(np.median(times[1:]))
-            print(f"small 256² {name}: {out[f'{name}_ms']:.1f} ms/frame median (same run)", flush=True)
+            print(
+                f"small, {width}x{height} frames, bf16 {kind}: {out[f'{name}_ms']:.1f} ms/frame median",
+                flush=True,
+            )
     return out
 
 

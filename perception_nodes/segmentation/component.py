@@ -245,12 +245,15 @@ def _match(
 
 
 def _centroids(labels: np.ndarray, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """(K, 2) centroids (y, x) and (K,) areas of the given segment ids."""
-    out, areas = np.zeros((len(ids), 2)), np.zeros(len(ids))
-    for i, k in enumerate(ids):
-        ys, xs = np.nonzero(labels == k)
-        out[i], areas[i] = (ys.mean(), xs.mean()), len(ys)
-    return out, areas
+    """(K, 2) centroids (y, x) and (K,) areas of the given segment ids (present in ``labels``)."""
+    index = np.full(int(labels.max()) + 1, -1)
+    index[ids] = np.arange(len(ids))
+    seg = index[labels.reshape(-1)]
+    keep = np.flatnonzero(seg >= 0)
+    ys, xs = np.divmod(keep, labels.shape[1])
+    areas = np.bincount(seg[keep], minlength=len(ids)).astype(np.float64)
+    sums = [np.bincount(seg[keep], c, minlength=len(ids)) for c in (ys, xs)]
+    return np.stack(sums, -1) / np.maximum(areas, 1)[:, None], areas
 
 
 def _iou_matrix(a: np.ndarray, a_ids: list[int], b: np.ndarray, b_ids: list[int]) -> np.ndarray:
