@@ -78,6 +78,8 @@ class Frame:
 
     rgb: (H, W, 3) uint8 RGB. depth: (H, W) float32 metres (0 or NaN = unknown) or None.
     camera: intrinsics matching rgb's size, or None. stamp_ns: capture time, nanoseconds since the epoch.
+    self_mask: (H, W) bool, where the robot's own body is in this image as the robot knows it from its
+    kinematics and geometry (not from the image), or None.
     """
 
     stamp_ns: int
@@ -85,11 +87,19 @@ class Frame:
     depth: np.ndarray | None = None
     camera: CameraModel | None = None
     frame_id: str = ""
+    self_mask: np.ndarray | None = None
 
     def __post_init__(self):
         if self.rgb.ndim != 3 or self.rgb.shape[2] != 3 or self.rgb.dtype != np.uint8:
             raise ConversionError(f"Frame.rgb must be (H, W, 3) uint8, got {self.rgb.shape} {self.rgb.dtype}")
         if self.depth is not None and self.depth.shape != self.rgb.shape[:2]:
             raise ConversionError(f"depth {self.depth.shape} does not match rgb {self.rgb.shape[:2]}")
+        if self.self_mask is not None and (
+            self.self_mask.shape != self.rgb.shape[:2] or self.self_mask.dtype != np.bool_
+        ):
+            raise ConversionError(
+                f"self_mask must be (H, W) bool like rgb {self.rgb.shape[:2]}, got "
+                f"{self.self_mask.shape} {self.self_mask.dtype}"
+            )
         if self.camera is not None:
             self.camera.check_image(*self.rgb.shape[:2])

@@ -174,3 +174,62 @@ def test_exported_segmenter_matches_torch(tmp_path):
     got = OrtEngine(card, tmp_path / "seg.onnx", provider="cpu").run(inputs)
     assert (got["labels"] == labels.numpy()).mean() > 0.99
     np.testing.assert_allclose(got["confidence"], conf.numpy(), atol=1e-3)
+
+
+def test_robot_self_mask_becomes_one_segment_with_a_fixed_id(clip, model):
+    """The pusher's mask from its pose and size (what the robot knows of itself, not the image) is one
+    segment with id 65535 that covers the true pusher well; frames without it, or with the option off, are
+    EISEN's segments alone, and fresh ids never take the robot's."""
+    from perception_nodes.segmentation.component import MAX_ID, ROBOT_SEGMENT_ID
+    from perception_nodes.segmentation.eval import image_miou
+    from perception_nodes.segmentation.train import robot_masks
+
+    cfg, net = model
+    body = robot_masks(clip, (256, 256), (256, 256), use_depth=True)
+    comp = EisenComponent(EisenComponentConfig(overlay=False), net=net, model_config=cfg)
+    plain = EisenComponent(EisenComponentConfig(overlay=False), net=net, model_config=cfg)
+    off = EisenComponent(EisenComponentConfig(overlay=False, self_mask=False), net=net, model_config=cfg)
+    gains = []
+    for t in (0, 2):
+        frame = Frame(t + 1, clip.rgb[t], self_mask=body[t])
+        r, p = comp.step(frame), plain.step(Frame(t + 1, clip.rgb[t]))
+        robot = r.labels == ROBOT_SEGMENT_ID
+        assert (robot == body[t]).all() and ROBOT_SEGMENT_ID not in p.labels
+        assert (off.step(frame).labels == p.labels).all()
+        k = list(r.stats.ids).index(ROBOT_SEGMENT_ID)
+        assert r.stats.areas[k] == body[t].sum()
+        pusher = clip.instance[t] == clip.pusher_id
+        assert (robot & pusher).sum() / (robot | pusher).sum() > 0.8  # a paddle in plain view
+        gt = clip.instance[t].astype(np.int32)
+        gains.append(image_miou(r.labels.astype(np.int32), gt) - image_miou(p.labels.astype(np.int32), gt))
+    assert min(gains) > 0.02, gains
+    comp._next_id = MAX_ID - 1
+    assert [comp._fresh_id(set()) for _ in range(2)] == [MAX_ID - 1, 1]
+
+
+def test_frame_rejects_a_self_mask_of_another_size():
+    from perception_nodes.types import ConversionError
+
+    with pytest.raises(ConversionError, match="self_mask"):
+        Frame(0, np.zeros((4, 6, 3), np.uint8), self_mask=np.zeros((4, 5), bool))
+    with pytest.raises(ConversionError, match="self_mask"):
+        Frame(0, np.zeros((4, 6, 3), np.uint8), self_mask=np.zeros((4, 6), np.uint8))
+
+
+def test_eval_frames_carry_the_robot_mask_and_older_bags_are_refused(clip, monkeypatch):
+    import argparse
+    import copy
+
+    from perception_nodes.segmentation import cli
+
+    args = argparse.Namespace(stride=5, exclude_pusher=False, depth=False, self_mask=True)
+    monkeypatch.setattr(cli, "_episodes", lambda a: iter([clip]))
+    frames = list(cli._frames(args))
+    assert len(frames) == 2
+    for _, frame, _ in frames:
+        assert frame.self_mask.shape == (256, 256) and frame.self_mask.sum() > 50
+    old = copy.copy(clip)
+    old.meta = {k: v for k, v in clip.meta.items() if k != "pusher_half_size"}
+    monkeypatch.setattr(cli, "_episodes", lambda a: iter([old]))
+    with pytest.raises(ValueError, match="pusher's size"):
+        list(cli._frames(args))

@@ -62,6 +62,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         help="also give the component the depth and intrinsics (RGB-D; cuts segments at the table)",
     )
     parser.add_argument(
+        "--self-mask",
+        action="store_true",
+        help="also give the component the robot's own mask, placed from the pusher's pose and size as the "
+        "robot knows them (not from the image; with --depth, less what the depth sees in front of it): it "
+        "becomes one segment",
+    )
+    parser.add_argument(
         "--support-tol",
         type=float,
         default=EisenComponentConfig.support_tol_m,
@@ -97,7 +104,7 @@ def run_eval(args: argparse.Namespace) -> int:
         return comp.step(frame).labels
 
     items = list(evaluate_frames(_frames(args), segment))
-    extra = {"model_id": comp.model_id, "path": args.path, "depth": args.depth}
+    extra = {"model_id": comp.model_id, "path": args.path, "depth": args.depth, "self_mask": args.self_mask}
     summary = write_report(items, args.out, extra)
     print(f"mIoU {summary['miou']:.4f} over {summary['images']} images -> {Path(args.out) / 'metrics.json'}")
     return 0
@@ -108,13 +115,28 @@ def _frames(args):
     stamps count frames, so each frame draws its own seed as in the node)."""
     count = 0
     for e, ep in enumerate(_episodes(args)):
+        body = _self_masks(ep, args.depth) if args.self_mask else None
         for t in range(0, len(ep.rgb), args.stride):
             gt = ep.instance[t].astype(np.int32)
             if args.exclude_pusher and getattr(ep, "pusher_id", 0):
                 gt = np.where(gt == ep.pusher_id, 0, gt)
             count += 1
             depth, camera = (ep.depth[t], ep.camera) if args.depth else (None, None)
-            yield f"ep{e}_t{t}", Frame(stamp_ns=count, rgb=ep.rgb[t], depth=depth, camera=camera), gt
+            mask = body[t] if body is not None else None
+            frame = Frame(stamp_ns=count, rgb=ep.rgb[t], depth=depth, camera=camera, self_mask=mask)
+            yield f"ep{e}_t{t}", frame, gt
+
+
+def _self_masks(ep, use_depth: bool) -> np.ndarray:
+    """(T, H, W) bool robot masks of an episode at its frames' size (``train.robot_masks``; with
+    ``use_depth`` the parts the depth image sees something in front of are left out)."""
+    from perception_nodes.segmentation.train import robot_masks
+
+    size = ep.rgb.shape[1:3]
+    body = robot_masks(ep, size, size, use_depth)
+    if body is None:
+        raise ValueError("--self-mask: the episode does not record the pusher's size (an older bag)")
+    return body
 
 
 def _episodes(args):

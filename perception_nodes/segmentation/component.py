@@ -6,7 +6,9 @@ takes the id of the previous frame's segment it overlaps most (Hungarian on IoU,
 others get fresh ids. With depth and intrinsics (and ``depth_refine``), the segments are first upsampled and
 cut at the supporting plane (``depth_refine``), and ids are matched at the frame's resolution. Labels are
 returned at the frame's resolution with per-segment statistics (bbox, area, centroid, score; mean depth and
-3D centroid when depth and intrinsics are given).
+3D centroid when depth and intrinsics are given). When the frame comes with the robot's own mask
+(``Frame.self_mask``: where the robot knows its body is, from its kinematics), those pixels form one segment
+with the fixed id ``ROBOT_SEGMENT_ID`` (65535), whatever EISEN found there.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from perception_nodes.types import Frame
 log = logging.getLogger(__name__)
 
 MAX_ID = 65535
+ROBOT_SEGMENT_ID = MAX_ID  # the robot's own body (``Frame.self_mask``); EISEN's segments never take it
 
 
 def load_model(weights: str, preset: str = "small") -> tuple[EisenConfig, EisenNet]:
@@ -143,6 +146,8 @@ class EisenComponent:
             labels = self._associate(cut).astype(np.uint16)
         else:
             labels = self._upsample(self._associate(segments), frame.rgb).astype(np.uint16)
+        if frame.self_mask is not None and self.config.self_mask:
+            labels[frame.self_mask] = ROBOT_SEGMENT_ID
         conf_full = cv2.resize(conf, (W, H), interpolation=cv2.INTER_LINEAR)
         stats = segment_stats(
             labels, conf_full, frame.depth, frame.camera if frame.depth is not None else None
@@ -207,9 +212,9 @@ class EisenComponent:
         return out
 
     def _fresh_id(self, used: set[int]) -> int:
-        for _ in range(MAX_ID):
+        for _ in range(MAX_ID - 1):
             candidate = self._next_id
-            self._next_id = self._next_id % MAX_ID + 1
+            self._next_id = self._next_id % (MAX_ID - 1) + 1  # 1 .. MAX_ID - 1: never ROBOT_SEGMENT_ID
             if candidate not in used:
                 return candidate
         raise RuntimeError("no free segment id")

@@ -267,6 +267,13 @@ class EisenComponentConfig:
         default=0.3, metadata={"help": "IoU with a previous segment needed to keep its id (stable ids)"}
     )
     overlay: bool = field(default=True, metadata={"help": "also produce a colour overlay image"})
+    self_mask: bool = field(
+        default=True,
+        metadata={
+            "help": "frames with the robot's own mask (from its kinematics): those pixels become one "
+            "segment with id 65535"
+        },
+    )
     refine: bool = field(
         default=True,
         metadata={"help": "edge-aware upsampling of the segments to the frame (False: nearest, official)"},

@@ -296,13 +296,15 @@ ROBOT_ID = 254  # target id of the robot's own body (--self-mask; explain_away i
 STILL_OFFSET = 128  # still-object ids become STILL_OFFSET + id (motion and explain_away ids stay below)
 
 
-def robot_masks(ep, input_size: tuple[int, int], map_size: tuple[int, int]) -> np.ndarray | None:
+def robot_masks(
+    ep, input_size: tuple[int, int], map_size: tuple[int, int], use_depth: bool = True
+) -> np.ndarray | None:
     """(T, h, w) bool: where the robot's own end effector (the sim's pusher) is in each frame, from its pose
     and its shape, not from the image: what a robot knows of itself (joint states and its model, as ROS's
     ``robot_self_filter`` uses them). Its box (half sizes ``meta["pusher_half_size"]``, standing on the
     body origin) is projected into the camera and its convex hull filled, less the pixels where the depth
-    image sees something nearer than the box (an object in front). None when the episode does not give
-    the size (bags written before it was recorded).
+    image sees something nearer than the box (an object in front; ``use_depth``). None when the episode
+    does not give the size (bags written before it was recorded).
 
     ep: a sim ``Episode`` (object_poses (T, M, 7) world x, y, z, qw, qx, qy, qz; cam_to_world (T, 4, 4)
     optical frame -> world; camera at the episode's size)."""
@@ -325,7 +327,7 @@ def robot_masks(ep, input_size: tuple[int, int], map_size: tuple[int, int]) -> n
             continue
         mask = np.zeros((H, W), np.uint8)
         cv2.fillConvexPoly(mask, cv2.convexHull(np.round(cam.project(pts)).astype(np.int32)), 1)
-        if ep.depth is not None:
+        if use_depth and ep.depth is not None:
             depth = cv2.resize(ep.depth[t], (W, H), interpolation=cv2.INTER_NEAREST)
             mask[(depth > 0) & (depth < pts[:, 2].min() - 0.005)] = 0
         out[t] = to_map(mask > 0, map_size)
