@@ -18,6 +18,12 @@ ARGUMENTS = [
         "optional depth aligned to colour (16UC1 mm or 32FC1 m)",
     ),
     (
+        "self_mask_topic",
+        "/robot/self_mask",
+        "optional mono8 mask of the robot's own body aligned to colour, same stamp, from its kinematics "
+        "(e.g. a URDF self-filter): one segment with id 65535 ('' = none)",
+    ),
+    (
         "identity",
         "true",
         "run the identity node (decode, check, republish): a transport and latency baseline",
@@ -73,6 +79,7 @@ def generate_launch_description() -> LaunchDescription:
                 {
                     "camera_info_topic": LaunchConfiguration("camera_info_topic"),
                     "depth_topic": LaunchConfiguration("depth_topic"),
+                    "self_mask_topic": LaunchConfiguration("self_mask_topic"),
                 },
             ),
             ("tracking", {}),

@@ -61,6 +61,20 @@ def test_node_publishes_segments_with_depth_and_3d_centroids(sim_bag, tmp_path):
     assert len(with_depth) == 4
     z = np.asarray(with_depth[-1].centroids_3d).reshape(-1, 3)[:, 2]
     assert np.all((z > 0.1) & (z < 5.0))
+    # the sim bag's /robot/self_mask (the pusher from its pose) follows the image too: one segment, id 65535
+    masks = [image_to_numpy(m) > 0 for m in _read(sim_bag, "/robot/self_mask")]
+    assert len(masks) == 4 and all(m.sum() > 20 for m in masks)
+    for msg, mask in zip(msgs, masks, strict=True):
+        robot = image_to_numpy(msg.labels) == 65535
+        assert (robot == mask).all() and 65535 in list(msg.ids)
+
+
+def test_node_without_the_robot_mask_publishes_eisen_segments_alone(sim_bag, tmp_path):
+    stats = _replay(sim_bag, tmp_path / "out", {"self_mask_topic": ""})
+    assert stats.errors == 0
+    msgs = _read(tmp_path / "out", SEGMENTS)
+    assert len(msgs) == 4 and all(65535 not in list(m.ids) for m in msgs)
+    assert all(len(m.mean_depth) == len(m.ids) for m in msgs)  # depth still waited for
 
 
 def _depth_image_bag(path):

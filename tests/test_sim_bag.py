@@ -47,6 +47,7 @@ def test_anyreader_sees_every_topic_with_standard_types(sim_bag):
         bagio.IMAGE_TOPIC: "sensor_msgs/msg/Image",
         bagio.INFO_TOPIC: "sensor_msgs/msg/CameraInfo",
         bagio.DEPTH_TOPIC: "sensor_msgs/msg/Image",
+        bagio.SELF_MASK_TOPIC: "sensor_msgs/msg/Image",
         bagio.TF_TOPIC: "tf2_msgs/msg/TFMessage",
         bagio.TF_STATIC_TOPIC: "tf2_msgs/msg/TFMessage",
         bagio.INSTANCES_TOPIC: "sensor_msgs/msg/Image",
@@ -73,6 +74,7 @@ def test_anyreader_sees_every_topic_with_standard_types(sim_bag):
     assert encodings == {
         bagio.IMAGE_TOPIC: "rgb8",
         bagio.DEPTH_TOPIC: "32FC1",
+        bagio.SELF_MASK_TOPIC: "mono8",
         bagio.INSTANCES_TOPIC: "mono16",
         bagio.PARTS_TOPIC: "mono16",
     }

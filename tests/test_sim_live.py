@@ -84,6 +84,7 @@ def test_publishes_camera_and_ground_truth_every_tick(node):
         bagio.IMAGE_TOPIC,
         bagio.INFO_TOPIC,
         bagio.DEPTH_TOPIC,
+        bagio.SELF_MASK_TOPIC,
         bagio.TF_TOPIC,
         bagio.INSTANCES_TOPIC,
         bagio.PARTS_TOPIC,
@@ -101,6 +102,11 @@ def test_publishes_camera_and_ground_truth_every_tick(node):
     assert np.all(np.diff(stamps) > 0)
     tracks = bus.published[bagio.TRACKS_TOPIC][0]
     assert tracks.num_points == 32 and np.asarray(tracks.visible).sum() > 0
+    # the robot's own mask (from the pusher's pose) overlaps the pusher's true pixels
+    mask = image_to_numpy(bus.published[bagio.SELF_MASK_TOPIC][-1]) > 0
+    pusher = image_to_numpy(bus.published[bagio.INSTANCES_TOPIC][-1]) == node[1].world.scene.pusher_id
+    assert pusher.sum() >= 4, "the pusher should be in view"
+    assert (mask & pusher).sum() >= 0.5 * pusher.sum()
 
 
 def test_action_chunk_moves_the_pusher_to_its_target(node):

@@ -1,8 +1,14 @@
-"""EISEN segmentation node: camera image (+ aligned depth, camera_info) -> ObjectSegments (+ overlay image).
+"""EISEN segmentation node: camera image (+ aligned depth, camera_info, the robot's own mask) ->
+ObjectSegments (+ overlay image).
 
 Segments are published at the input resolution as a mono16 label image with per-segment records; ids are
 stable across frames (see ``segmentation.component``). Images in an unsupported encoding are rejected with
 one log line; images of another size than the network input are resized (logged once).
+
+Aligned inputs (depth, the robot's mask) carry the image's stamp and usually arrive just after it: an image
+waits for those that have been seen (before any has come, only the very first image waits), at most until
+the next image arrives. The robot's mask (mono8, non-zero where the robot's own body is, from its
+kinematics: e.g. a URDF self-filter) becomes one segment with id 65535.
 """
 
 from __future__ import annotations
@@ -14,7 +20,13 @@ import numpy as np
 
 from perception_nodes.nodes.base import NodeBase
 from perception_nodes.runtime.bus import QoS, stamp_ns
-from perception_nodes.runtime.convert import camera_from_info, depth_to_metres, numpy_to_image, to_rgb
+from perception_nodes.runtime.convert import (
+    camera_from_info,
+    depth_to_metres,
+    image_to_numpy,
+    numpy_to_image,
+    to_rgb,
+)
 from perception_nodes.segmentation.component import EisenComponent, SegmentationResult
 from perception_nodes.segmentation.config import EisenComponentConfig
 from perception_nodes.types import ConversionError, Frame
@@ -34,6 +46,13 @@ class SegmentationNodeConfig:
     depth_topic: str = dataclasses.field(
         default="/camera/aligned_depth_to_color/image_raw",
         metadata={"help": "depth aligned to the colour image, same stamp ('' = none)"},
+    )
+    self_mask_topic: str = dataclasses.field(
+        default="/robot/self_mask",
+        metadata={
+            "help": "mono8 mask of the robot's own body aligned to the colour image, same stamp, from its "
+            "kinematics ('' = none): one segment with id 65535"
+        },
     )
     segments_topic: str = dataclasses.field(
         default="/perception/segments", metadata={"help": "perception_msgs/ObjectSegments output"}
@@ -66,40 +85,53 @@ class SegmentationNode(NodeBase):
         if cfg.camera_info_topic:
             self.cache(cfg.camera_info_topic, "sensor_msgs/msg/CameraInfo")
         self._logged: set[str] = set()
-        self._depth_msg = None  # latest depth message
-        self._waiting = None  # image held until the depth of the same stamp arrives
-        self._started = False  # an image has come (the first one may wait for depth that never came)
-        self._lock = threading.Lock()  # depth arrives on the subscription thread, images on the worker
+        aligned = [t for t in (cfg.depth_topic, cfg.self_mask_topic) if t]
+        self._aligned: dict[str, object] = dict.fromkeys(aligned)  # topic -> latest message
+        self._waiting = None  # image held until the aligned inputs of its stamp arrive
+        self._waiting_first = False  # the held image is the first one (it waits for every aligned input)
+        self._started = False  # an image has come (the first one may wait for inputs that never come)
+        self._lock = threading.Lock()  # aligned inputs arrive on subscription threads, images on the worker
         self.trigger(cfg.image_topic, "sensor_msgs/msg/Image", self.on_image)
-        if cfg.depth_topic:
+        for topic in aligned:
             self.bus.subscribe(
-                cfg.depth_topic, "sensor_msgs/msg/Image", self.on_depth, QoS.SENSOR, optional=True
+                topic,
+                "sensor_msgs/msg/Image",
+                lambda msg, t=topic: self.on_aligned(t, msg),
+                QoS.SENSOR,
+                optional=True,
             )
 
-    def on_depth(self, msg) -> None:
-        """Keep the latest depth; release an image that waits for this very stamp."""
+    def on_aligned(self, topic: str, msg) -> None:
+        """Keep the latest message of an aligned input; release a held image once all it waits for came."""
         with self._lock:
-            self._depth_msg = msg
-            waiting, self._waiting = self._waiting, None
-        if waiting is not None:
-            self._offer(self.config.image_topic, waiting)
+            self._aligned[topic] = msg
+            waiting = self._waiting
+            if waiting is None or not self._ready(waiting, self._waiting_first):
+                return
+            self._waiting = None
+        self._offer(self.config.image_topic, waiting)
+
+    def _ready(self, image, first: bool) -> bool:
+        """Every aligned input seen so far (for the ``first`` image: every configured one) has reached the
+        image's stamp."""
+        stamp = stamp_ns(image)
+        return all(
+            m is not None and stamp_ns(m) >= stamp for m in self._aligned.values() if m is not None or first
+        )
 
     def on_image(self, msg) -> None:
         with self._lock:
-            depth, held = self._depth_msg, self._waiting
-            # aligned depth usually follows its image: wait for it (one frame at most); before any
-            # depth has arrived only the very first image waits, so a colour-only camera loses nothing
-            expect = depth is not None or (not self._started and bool(self.config.depth_topic))
+            held, first = self._waiting, not self._started
             self._started = True
-            if expect and (depth is None or stamp_ns(depth) < stamp_ns(msg)) and held is None:
-                self._waiting = msg
+            if held is None and not self._ready(msg, first):
+                self._waiting, self._waiting_first = msg, first
                 return
             if held is not None and held is not msg:
                 self._waiting = None
             else:
                 held = None
         if held is not None:
-            self._segment(held)  # its depth never came
+            self._segment(held)  # what it waited for never came
         self._segment(msg)
 
     def _segment(self, msg) -> None:
@@ -109,7 +141,14 @@ class SegmentationNode(NodeBase):
             self.log.warning("segmentation: rejected image @ %d: %s", stamp_ns(msg), exc)
             return
         shape = rgb.shape[:2]
-        frame = Frame(stamp_ns(msg), rgb, self._depth(msg, shape), self._camera(shape), msg.header.frame_id)
+        frame = Frame(
+            stamp_ns(msg),
+            rgb,
+            self._depth(msg, shape),
+            self._camera(shape),
+            msg.header.frame_id,
+            self._self_mask(msg, shape),
+        )
         result = self.component.step(frame)
         header = self.bus.header(frame.stamp_ns, frame.frame_id)
         self.pub.publish(self._segments_msg(result, header))
@@ -133,9 +172,30 @@ class SegmentationNode(NodeBase):
             return None
         return camera
 
+    def _aligned_msg(self, topic: str, image):
+        """The aligned input of ``topic`` with the image's stamp, or None."""
+        msg = self._aligned.get(topic) if topic else None
+        return msg if msg is not None and stamp_ns(msg) == stamp_ns(image) else None
+
+    def _self_mask(self, msg, shape):
+        mask_msg = self._aligned_msg(self.config.self_mask_topic, msg)
+        if mask_msg is None:
+            return None
+        try:
+            mask = image_to_numpy(mask_msg)
+        except ConversionError as exc:
+            self._once("mask-enc", "ignoring the robot mask: %s", exc)
+            return None
+        if mask.ndim != 2 or mask.shape != tuple(shape):
+            self._once(
+                "mask-size", "ignoring a robot mask of shape %s (image %s): not aligned", mask.shape, shape
+            )
+            return None
+        return mask != 0
+
     def _depth(self, msg, shape):
-        depth_msg = self._depth_msg
-        if depth_msg is None or stamp_ns(depth_msg) != stamp_ns(msg):
+        depth_msg = self._aligned_msg(self.config.depth_topic, msg)
+        if depth_msg is None:
             return None
         try:
             depth = depth_to_metres(depth_msg)

@@ -128,12 +128,11 @@ def _frames(args):
 
 
 def _self_masks(ep, use_depth: bool) -> np.ndarray:
-    """(T, H, W) bool robot masks of an episode at its frames' size (``train.robot_masks``; with
+    """(T, H, W) bool robot masks of an episode at its frames' size (``sim.self_mask.pusher_masks``; with
     ``use_depth`` the parts the depth image sees something in front of are left out)."""
-    from perception_nodes.segmentation.train import robot_masks
+    from perception_nodes.sim.self_mask import pusher_masks
 
-    size = ep.rgb.shape[1:3]
-    body = robot_masks(ep, size, size, use_depth)
+    body = pusher_masks(ep, use_depth)
     if body is None:
         raise ValueError("--self-mask: the episode does not record the pusher's size (an older bag)")
     return body

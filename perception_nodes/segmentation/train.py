@@ -299,39 +299,24 @@ STILL_OFFSET = 128  # still-object ids become STILL_OFFSET + id (motion and expl
 def robot_masks(
     ep, input_size: tuple[int, int], map_size: tuple[int, int], use_depth: bool = True
 ) -> np.ndarray | None:
-    """(T, h, w) bool: where the robot's own end effector (the sim's pusher) is in each frame, from its pose
-    and its shape, not from the image: what a robot knows of itself (joint states and its model, as ROS's
-    ``robot_self_filter`` uses them). Its box (half sizes ``meta["pusher_half_size"]``, standing on the
-    body origin) is projected into the camera and its convex hull filled, less the pixels where the depth
-    image sees something nearer than the box (an object in front; ``use_depth``). None when the episode
-    does not give the size (bags written before it was recorded).
+    """(T, h, w) bool: where the robot's own end effector (the sim's pusher) is in each frame at
+    ``map_size``, from its pose and shape, not from the image (``sim.self_mask.pusher_masks``: its box
+    projected at ``input_size``, less what the depth sees in front of it with ``use_depth``). None when the
+    episode does not give the pusher's size (bags written before it was recorded)."""
+    from perception_nodes.sim.self_mask import pusher_masks
 
-    ep: a sim ``Episode`` (object_poses (T, M, 7) world x, y, z, qw, qx, qy, qz; cam_to_world (T, 4, 4)
-    optical frame -> world; camera at the episode's size)."""
-    from perception_nodes.sim.geometry import invert, pose_to_matrix
-
-    half = ep.meta.get("pusher_half_size")
-    ids = list(ep.object_ids)
-    if half is None or ep.pusher_id not in ids:
-        return None
-    hx, hy, hz = half
-    corners = np.array([[sx * hx, sy * hy, z] for sx in (-1, 1) for sy in (-1, 1) for z in (0.0, 2 * hz)])
     H, W = input_size
-    cam = ep.camera.scaled(W, H)
-    body_to_cam = invert(ep.cam_to_world) @ pose_to_matrix(ep.object_poses[:, ids.index(ep.pusher_id)])
-    rot, shift = body_to_cam[:, :3, :3], body_to_cam[:, None, :3, 3]
-    corners_cam = corners @ rot.transpose(0, 2, 1) + shift  # (T, 8, 3)
-    out = np.zeros((ep.num_frames, *map_size), bool)
-    for t, pts in enumerate(corners_cam):  # (8, 3) metres, camera optical frame
-        if (pts[:, 2] <= 0.01).any():
-            continue
-        mask = np.zeros((H, W), np.uint8)
-        cv2.fillConvexPoly(mask, cv2.convexHull(np.round(cam.project(pts)).astype(np.int32)), 1)
-        if use_depth and ep.depth is not None:
-            depth = cv2.resize(ep.depth[t], (W, H), interpolation=cv2.INTER_NEAREST)
-            mask[(depth > 0) & (depth < pts[:, 2].min() - 0.005)] = 0
-        out[t] = to_map(mask > 0, map_size)
-    return out
+    scaled = dataclasses.replace(ep, camera=ep.camera.scaled(W, H), depth=_resized_depth(ep, (H, W)))
+    body = pusher_masks(scaled, use_depth)
+    if body is None:
+        return None
+    return np.stack([to_map(m, map_size) for m in body])
+
+
+def _resized_depth(ep, size: tuple[int, int]) -> np.ndarray | None:
+    if ep.depth is None or ep.depth.shape[1:] == size:
+        return ep.depth
+    return np.stack([cv2.resize(d, size[::-1], interpolation=cv2.INTER_NEAREST) for d in ep.depth])
 
 
 def episode_background(motion: list[np.ndarray], margin: int) -> np.ndarray:

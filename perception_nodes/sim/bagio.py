@@ -4,6 +4,10 @@ Per frame t (all stamped ``stamps_ns[t]``, pixels in the optical frame ``camera_
     /camera/color/image_raw                   sensor_msgs/Image rgb8
     /camera/color/camera_info                 sensor_msgs/CameraInfo (plumb_bob, zero distortion)
     /camera/aligned_depth_to_color/image_raw  sensor_msgs/Image 32FC1, metres, 0 = no data
+    /robot/self_mask                          sensor_msgs/Image mono8, 255 where the pusher (the robot's end
+                                              effector) is, placed from its pose and size, less what the
+                                              depth sees in front of it (``sim.self_mask``): what a robot
+                                              knows of itself, not ground truth
     /tf                                       world -> camera_color_optical_frame, world -> <object name>
                                               (objects and "pusher")
     /sim/ground_truth/instances               sensor_msgs/Image mono16: 0 = table/floor/walls, k = object id
@@ -38,10 +42,12 @@ from perception_nodes.runtime.bag import BagWriter
 from perception_nodes.runtime.convert import camera_to_info, numpy_to_image
 from perception_nodes.runtime.typestore import make, typestore
 from perception_nodes.sim.episode import ACTION_DIMS, Episode
+from perception_nodes.sim.self_mask import box_mask
 
 IMAGE_TOPIC = "/camera/color/image_raw"
 INFO_TOPIC = "/camera/color/camera_info"
 DEPTH_TOPIC = "/camera/aligned_depth_to_color/image_raw"
+SELF_MASK_TOPIC = "/robot/self_mask"
 TF_TOPIC = "/tf"
 TF_STATIC_TOPIC = "/tf_static"
 INSTANCES_TOPIC = "/sim/ground_truth/instances"
@@ -134,7 +140,16 @@ def frame_messages(mk, ep: Episode, t: int) -> list[tuple[str, Any]]:
         tracks_2d=ep.tracks_2d[:, t],
         visible=ep.visible[:, t],
         track_object=ep.track_object,
+        self_mask=_pusher_mask(ep, t),
     )
+
+
+def _pusher_mask(ep: Episode, t: int) -> np.ndarray | None:
+    half = ep.meta.get("pusher_half_size")
+    if half is None or ep.pusher_id not in list(ep.object_ids):
+        return None
+    pose = ep.object_poses[t, list(ep.object_ids).index(ep.pusher_id)]
+    return box_mask(ep.camera, ep.cam_to_world[t], pose, half, ep.depth[t])
 
 
 def state_messages(
@@ -155,10 +170,12 @@ def state_messages(
     tracks_2d: np.ndarray | None = None,
     visible: np.ndarray | None = None,
     track_object: np.ndarray | None = None,
+    self_mask: np.ndarray | None = None,
 ) -> list[tuple[str, Any]]:
     """(topic, message) pairs for one frame of simulator state (shared by the bag writer and the live node).
 
-    tracks_2d (N, 2) px, visible (N,) and track_object (N,) are optional (no tracks message without).
+    tracks_2d (N, 2) px, visible (N,) and track_object (N,) are optional (no tracks message without), and
+    so is self_mask (H, W) bool, the robot's own mask (no ``/robot/self_mask`` without).
     """
     hdr = header(mk, stamp, frame_id)
     tfs = [transform_msg(mk, stamp, WORLD_FRAME, frame_id, camera_pose)]
@@ -185,6 +202,11 @@ def state_messages(
         (INFO_TOPIC, camera_to_info(mk, camera, hdr)),
         (IMAGE_TOPIC, numpy_to_image(mk, rgb, "rgb8", hdr)),
         (DEPTH_TOPIC, numpy_to_image(mk, depth, "32FC1", hdr)),
+        *(
+            []
+            if self_mask is None
+            else [(SELF_MASK_TOPIC, numpy_to_image(mk, self_mask.astype(np.uint8) * 255, "mono8", hdr))]
+        ),
         (INSTANCES_TOPIC, numpy_to_image(mk, instance, "mono16", hdr)),
         (PARTS_TOPIC, numpy_to_image(mk, part, "mono16", hdr)),
         (POSES_TOPIC, poses),

@@ -33,12 +33,14 @@ from perception_nodes.sim.config import SimConfig
 from perception_nodes.sim.geometry import pose_to_matrix
 from perception_nodes.sim.objects import PART_FUNCTIONS, PART_NAMES
 from perception_nodes.sim.script import PushScript
+from perception_nodes.sim.self_mask import box_mask
 from perception_nodes.sim.world import World, sample_track_points
 
 _TYPES = {
     bagio.IMAGE_TOPIC: "sensor_msgs/msg/Image",
     bagio.INFO_TOPIC: "sensor_msgs/msg/CameraInfo",
     bagio.DEPTH_TOPIC: "sensor_msgs/msg/Image",
+    bagio.SELF_MASK_TOPIC: "sensor_msgs/msg/Image",
     bagio.TF_TOPIC: "tf2_msgs/msg/TFMessage",
     bagio.INSTANCES_TOPIC: "sensor_msgs/msg/Image",
     bagio.PARTS_TOPIC: "sensor_msgs/msg/Image",
@@ -46,7 +48,14 @@ _TYPES = {
     bagio.TRACKS_TOPIC: "perception_msgs/msg/PointTracks",
     bagio.COMMAND_TOPIC: "perception_msgs/msg/ActionChunk",
 }
-_CAMERA_TOPICS = {bagio.IMAGE_TOPIC, bagio.INFO_TOPIC, bagio.DEPTH_TOPIC, bagio.TF_TOPIC}
+# what a robot has without ground truth: its camera, its transforms and its own mask
+_CAMERA_TOPICS = {
+    bagio.IMAGE_TOPIC,
+    bagio.INFO_TOPIC,
+    bagio.DEPTH_TOPIC,
+    bagio.TF_TOPIC,
+    bagio.SELF_MASK_TOPIC,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,11 +248,19 @@ class SimCameraNode(NodeBase):
             object_names=scene.instance_names,
             object_poses=cap["object_poses"],
             action=cap["action"],
+            self_mask=self._self_mask(cap),
             **tracks,
         )
         for topic, msg in msgs:
             if topic in self.pubs:
                 self.pubs[topic].publish(msg)
+
+    def _self_mask(self, cap: dict[str, np.ndarray]) -> np.ndarray:
+        """Where the pusher is in this image, from its pose and size (``sim.self_mask``)."""
+        scene = self.world.scene
+        pose = cap["object_poses"][list(scene.instance_ids).index(scene.pusher_id)]
+        c2w = pose_to_matrix(cap["camera_pose"])
+        return box_mask(scene.camera, c2w, pose, scene.pusher.half_size, cap["depth"])
 
     def _publish_start(self, stamp: int) -> None:
         mk, scene = self.bus.make, self.world.scene

@@ -1,0 +1,55 @@
+"""The robot's own mask: where its end effector (the sim's pusher) is in an image, from its pose and shape
+as the robot knows them (joint states and its model, as ROS's ``robot_self_filter`` uses them), not from
+the image. The sim bag publishes it on ``/robot/self_mask`` and the segmentation node gives it to EISEN's
+component (one segment with a fixed id)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from perception_nodes.sim.geometry import invert, pose_to_matrix
+
+
+def box_mask(
+    camera, cam_to_world: np.ndarray, body_pose: np.ndarray, half_size, depth: np.ndarray | None = None
+) -> np.ndarray:
+    """(H, W) bool at ``camera``'s size: the image of a box (half sizes x, y, z) standing on the origin of a
+    body at ``body_pose`` (7: world x, y, z, qw, qx, qy, qz), seen from the optical frame ``cam_to_world``
+    (4, 4): its 8 corners projected and their convex hull filled. With ``depth`` (H, W metres) the pixels
+    where the depth sees something nearer than the box are left out (an object in front). All False when
+    a corner is behind the camera. What a robot knows of its own end effector from its pose and shape."""
+    hx, hy, hz = half_size
+    corners = np.array([[sx * hx, sy * hy, z] for sx in (-1, 1) for sy in (-1, 1) for z in (0.0, 2 * hz)])
+    body_to_cam = invert(cam_to_world) @ pose_to_matrix(body_pose)
+    pts = corners @ body_to_cam[:3, :3].T + body_to_cam[:3, 3]  # (8, 3) metres, optical frame
+    mask = np.zeros((camera.height, camera.width), np.uint8)
+    if (pts[:, 2] <= 0.01).any():
+        return mask > 0
+    cv2.fillConvexPoly(mask, cv2.convexHull(np.round(camera.project(pts)).astype(np.int32)), 1)
+    if depth is not None:
+        mask[(depth > 0) & (depth < pts[:, 2].min() - 0.005)] = 0
+    return mask > 0
+
+
+def pusher_masks(ep, use_depth: bool = True) -> np.ndarray | None:
+    """(T, H, W) bool ``box_mask`` of a sim episode's pusher in every frame at the episode's size, or None
+    when the episode does not record the pusher's size (bags written before it was). ``use_depth``: leave
+    out what the depth image sees in front of it."""
+    half = ep.meta.get("pusher_half_size")
+    ids = list(ep.object_ids)
+    if half is None or ep.pusher_id not in ids:
+        return None
+    k = ids.index(ep.pusher_id)
+    return np.stack(
+        [
+            box_mask(
+                ep.camera,
+                ep.cam_to_world[t],
+                ep.object_poses[t, k],
+                half,
+                ep.depth[t] if use_depth and ep.depth is not None else None,
+            )
+            for t in range(ep.num_frames)
+        ]
+    )
