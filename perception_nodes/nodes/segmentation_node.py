@@ -178,34 +178,29 @@ class SegmentationNode(NodeBase):
         return msg if msg is not None and stamp_ns(msg) == stamp_ns(image) else None
 
     def _self_mask(self, msg, shape):
-        mask_msg = self._aligned_msg(self.config.self_mask_topic, msg)
-        if mask_msg is None:
-            return None
-        try:
-            mask = image_to_numpy(mask_msg)
-        except ConversionError as exc:
-            self._once("mask-enc", "ignoring the robot mask: %s", exc)
-            return None
-        if mask.ndim != 2 or mask.shape != tuple(shape):
-            self._once(
-                "mask-size", "ignoring a robot mask of shape %s (image %s): not aligned", mask.shape, shape
-            )
-            return None
-        return mask != 0
+        mask = self._aligned_array(self.config.self_mask_topic, msg, shape, image_to_numpy, "robot mask")
+        return None if mask is None else mask != 0
 
     def _depth(self, msg, shape):
-        depth_msg = self._aligned_msg(self.config.depth_topic, msg)
-        if depth_msg is None:
+        return self._aligned_array(self.config.depth_topic, msg, shape, depth_to_metres, "depth")
+
+    def _aligned_array(self, topic: str, image, shape, decode, what: str):
+        """The (H, W) array of the aligned input of ``topic`` with the image's stamp (``decode``), or None
+        (none, undecodable or not the image's size: logged once)."""
+        msg = self._aligned_msg(topic, image)
+        if msg is None:
             return None
         try:
-            depth = depth_to_metres(depth_msg)
+            array = decode(msg)
         except ConversionError as exc:
-            self._once("depth-enc", "ignoring depth: %s", exc)
+            self._once(f"{what}-enc", "ignoring the %s: %s", what, exc)
             return None
-        if depth.shape != tuple(shape):
-            self._once("depth-size", "ignoring depth of size %s (image %s): not aligned", depth.shape, shape)
+        if array.shape != tuple(shape):
+            self._once(
+                f"{what}-size", "ignoring a %s of shape %s (image %s): not aligned", what, array.shape, shape
+            )
             return None
-        return depth
+        return array
 
     def _once(self, key: str, fmt: str, *args) -> None:
         if key not in self._logged:
