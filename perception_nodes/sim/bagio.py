@@ -42,7 +42,7 @@ from perception_nodes.runtime.bag import BagWriter
 from perception_nodes.runtime.convert import camera_to_info, numpy_to_image
 from perception_nodes.runtime.typestore import make, typestore
 from perception_nodes.sim.episode import ACTION_DIMS, Episode
-from perception_nodes.sim.self_mask import box_mask
+from perception_nodes.sim.self_mask import pusher_mask
 
 IMAGE_TOPIC = "/camera/color/image_raw"
 INFO_TOPIC = "/camera/color/camera_info"
@@ -140,16 +140,8 @@ def frame_messages(mk, ep: Episode, t: int) -> list[tuple[str, Any]]:
         tracks_2d=ep.tracks_2d[:, t],
         visible=ep.visible[:, t],
         track_object=ep.track_object,
-        self_mask=_pusher_mask(ep, t),
+        self_mask=pusher_mask(ep, t),
     )
-
-
-def _pusher_mask(ep: Episode, t: int) -> np.ndarray | None:
-    half = ep.meta.get("pusher_half_size")
-    if half is None or ep.pusher_id not in list(ep.object_ids):
-        return None
-    pose = ep.object_poses[t, list(ep.object_ids).index(ep.pusher_id)]
-    return box_mask(ep.camera, ep.cam_to_world[t], pose, half, ep.depth[t])
 
 
 def state_messages(

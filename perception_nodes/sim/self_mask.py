@@ -32,24 +32,19 @@ def box_mask(
     return mask > 0
 
 
-def pusher_masks(ep, use_depth: bool = True) -> np.ndarray | None:
-    """(T, H, W) bool ``box_mask`` of a sim episode's pusher in every frame at the episode's size, or None
-    when the episode does not record the pusher's size (bags written before it was). ``use_depth``: leave
-    out what the depth image sees in front of it."""
+def pusher_mask(ep, t: int, use_depth: bool = True) -> np.ndarray | None:
+    """``box_mask`` of a sim episode's pusher in frame ``t`` at the episode's size, or None when the episode
+    does not record the pusher's size (bags written before it was). ``use_depth``: leave out what the depth
+    image sees in front of it."""
     half = ep.meta.get("pusher_half_size")
     ids = list(ep.object_ids)
     if half is None or ep.pusher_id not in ids:
         return None
-    k = ids.index(ep.pusher_id)
-    return np.stack(
-        [
-            box_mask(
-                ep.camera,
-                ep.cam_to_world[t],
-                ep.object_poses[t, k],
-                half,
-                ep.depth[t] if use_depth and ep.depth is not None else None,
-            )
-            for t in range(ep.num_frames)
-        ]
-    )
+    depth = ep.depth[t] if use_depth and ep.depth is not None else None
+    return box_mask(ep.camera, ep.cam_to_world[t], ep.object_poses[t, ids.index(ep.pusher_id)], half, depth)
+
+
+def pusher_masks(ep, use_depth: bool = True) -> np.ndarray | None:
+    """(T, H, W) bool ``pusher_mask`` of every frame, or None (no recorded pusher size)."""
+    masks = [pusher_mask(ep, t, use_depth) for t in range(ep.num_frames)]
+    return None if masks[0] is None else np.stack(masks)
