@@ -249,11 +249,16 @@ def _match(
     return mapping
 
 
-def _centroids(labels: np.ndarray, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """(K, 2) centroids (y, x) and (K,) areas of the given segment ids (present in ``labels``)."""
+def _segment_index(labels: np.ndarray, ids: list[int]) -> np.ndarray:
+    """(H·W,) the position in ``ids`` of each pixel's label, -1 where it is not one of them."""
     index = np.full(int(labels.max()) + 1, -1)
     index[ids] = np.arange(len(ids))
-    seg = index[labels.reshape(-1)]
+    return index[labels.reshape(-1)]
+
+
+def _centroids(labels: np.ndarray, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(K, 2) centroids (y, x) and (K,) areas of the given segment ids (present in ``labels``)."""
+    seg = _segment_index(labels, ids)
     keep = np.flatnonzero(seg >= 0)
     ys, xs = np.divmod(keep, labels.shape[1])
     areas = np.bincount(seg[keep], minlength=len(ids)).astype(np.float64)
@@ -263,11 +268,7 @@ def _centroids(labels: np.ndarray, ids: list[int]) -> tuple[np.ndarray, np.ndarr
 
 def _iou_matrix(a: np.ndarray, a_ids: list[int], b: np.ndarray, b_ids: list[int]) -> np.ndarray:
     """IoU between every segment of ``a`` (ids a_ids) and of ``b`` (ids b_ids), same-size label maps."""
-    ai = np.full(int(a.max()) + 1, -1)
-    ai[a_ids] = np.arange(len(a_ids))
-    bi = np.full(int(b.max()) + 1, -1)
-    bi[b_ids] = np.arange(len(b_ids))
-    x, y = ai[a.reshape(-1)], bi[b.reshape(-1)]
+    x, y = _segment_index(a, a_ids), _segment_index(b, b_ids)
     both = (x >= 0) & (y >= 0)
     inter = np.zeros((len(a_ids), len(b_ids)))
     np.add.at(inter, (x[both], y[both]), 1)
