@@ -306,7 +306,8 @@ def robot_masks(
     from perception_nodes.sim.self_mask import pusher_masks
 
     H, W = input_size
-    scaled = dataclasses.replace(ep, camera=ep.camera.scaled(W, H), depth=_resized_depth(ep, (H, W)))
+    depth = _resized_depth(ep, (H, W)) if use_depth else None  # resized only when it is used
+    scaled = dataclasses.replace(ep, camera=ep.camera.scaled(W, H), depth=depth)
     body = pusher_masks(scaled, use_depth)
     if body is None:
         return None
