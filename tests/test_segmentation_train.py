@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from perception_nodes.segmentation.config import EisenConfig
 from perception_nodes.segmentation.train import (
@@ -92,6 +93,24 @@ def test_training_lowers_the_loss_and_resumes(tmp_path):
     resumed = train(TrainConfig(**{**base, "steps": 28, "resume": True}), progress=False, pairs=pairs)
     assert len(resumed["losses"]) == 4  # continued from step 24
     assert json.loads((tmp_path / "train_state.json").read_text())["step"] == 28
+
+
+def test_bfloat16_training_follows_float32_and_saves_float32_weights(tmp_path):
+    torch.set_num_threads(1)
+    pairs = _synthetic_pairs()
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        runs[precision] = train(
+            TrainConfig(**_tiny_config(out, precision=precision)), progress=False, pairs=pairs
+        )
+    fp32, bf16 = runs["fp32"]["losses"], runs["bf16"]["losses"]
+    assert 0 < abs(bf16[0] - fp32[0]) < 0.02 * fp32[0]  # same weights and batch: only rounding differs
+    assert np.mean(bf16[-6:]) < 0.85 * np.mean(bf16[:6]), bf16
+    weights = load_file(str(tmp_path / "bf16" / "eisen.safetensors"))
+    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float32}
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(out=str(tmp_path), precision="fp16")
 
 
 def test_instance_targets_give_every_object_one_id_and_the_floor_the_background():

@@ -359,7 +359,8 @@ def affinity_kl_loss(
     if len(sel) == 0:
         return key.sum() * 0.0
     q = map_to_tiles(query, layout.tile).reshape(B * T, Q, C)[sel]
-    logits = torch.bmm(q, selected_columns(key, layout, sel).transpose(1, 2)) * C**-0.5  # (K, Q, P²+G)
+    logits = torch.bmm(q, selected_columns(key, layout, sel).transpose(1, 2))  # (K, Q, P²+G)
+    logits = logits.float() * C**-0.5  # the softmax in float32 also under bfloat16 autocast
     cmask = column_mask(layout)
     logits = logits.masked_fill(~cmask.unsqueeze(0), float("-inf"))
     own = own_all[sel]  # (K, Q)

@@ -182,6 +182,13 @@ class TrainConfig:
     bags: tuple[str, ...] = dataclasses.field(default=(), metadata={"help": "sim bags to train on instead"})
     seed: int = dataclasses.field(default=0, metadata={"help": "training seed"})
     device: str = dataclasses.field(default="cpu", metadata={"help": "cpu or cuda"})
+    precision: str = dataclasses.field(
+        default="fp32",
+        metadata={
+            "help": "fp32, or bf16: bfloat16 autocast with channels-last convolutions (weights, optimiser "
+            "and the loss's softmax stay float32; 2x faster steps on a CPU with AVX512-BF16 or AMX)"
+        },
+    )
     threads: int = dataclasses.field(default=2, metadata={"help": "CPU threads"})
     workers: int = dataclasses.field(default=1, metadata={"help": "processes generating sim episodes"})
     no_cache: bool = dataclasses.field(
@@ -210,6 +217,8 @@ class TrainConfig:
             )
         if self.still_directions not in ("before", "both"):
             raise ValueError(f"still_directions must be 'before' or 'both', got {self.still_directions!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.supervision not in ("motion", "instances"):
             raise ValueError(f"supervision must be 'motion' or 'instances', got {self.supervision!r}")
         if any(not 0 < f < 1 for f in self.bootstrap_at):
@@ -846,6 +855,8 @@ def train(tcfg: TrainConfig, progress: bool = True, pairs: PairData | None = Non
     tcfg, pairs, base = prepare_targets(tcfg, cfg, pairs)
     data_s = time.perf_counter() - t0
     net = EisenNet(cfg).to(tcfg.device).train()
+    if tcfg.precision == "bf16":
+        net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=tcfg.lr)
     step, round_, targets = 0, 0, base
     if tcfg.resume and (out / "train_state.json").exists():
@@ -891,11 +902,18 @@ def _ids_per_frame(targets: np.ndarray) -> float:
     return float(np.mean([len(np.unique(t[t > 0])) for t in targets]))
 
 
+def _autocast(tcfg: TrainConfig):
+    """bfloat16 autocast for ``precision == "bf16"`` (convolutions and matmuls), else a no-op."""
+    device = torch.device(tcfg.device).type
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=tcfg.precision == "bf16")
+
+
 def _step(net, cfg, opt, tcfg, images, targets, gen, step) -> float:
     for group in opt.param_groups:
         group["lr"] = lr_at(step, tcfg)
     opt.zero_grad(set_to_none=True)
-    loss = affinity_loss(net, cfg, images, targets, gen, tcfg.static_background)
+    with _autocast(tcfg):
+        loss = affinity_loss(net, cfg, images, targets, gen, tcfg.static_background)
     loss.backward()
     nn.utils.clip_grad_norm_(net.parameters(), tcfg.clip)
     opt.step()
