@@ -33,7 +33,7 @@ from perception_nodes.sim.config import SimConfig
 from perception_nodes.sim.geometry import pose_to_matrix
 from perception_nodes.sim.objects import PART_FUNCTIONS, PART_NAMES
 from perception_nodes.sim.script import PushScript
-from perception_nodes.sim.self_mask import box_mask
+from perception_nodes.sim.self_mask import hull_mask, hull_points
 from perception_nodes.sim.world import World, sample_track_points
 
 _TYPES = {
@@ -260,7 +260,8 @@ class SimCameraNode(NodeBase):
         scene = self.world.scene
         pose = cap["object_poses"][list(scene.instance_ids).index(scene.pusher_id)]
         c2w = pose_to_matrix(cap["camera_pose"])
-        return box_mask(scene.camera, c2w, pose, scene.pusher.half_size, cap["depth"])
+        points = hull_points(scene.pusher.shape, scene.pusher.half_size)
+        return hull_mask(scene.camera, c2w, pose, points, cap["depth"])
 
     def _publish_start(self, stamp: int) -> None:
         mk, scene = self.bus.make, self.world.scene

@@ -11,18 +11,42 @@ import numpy as np
 from perception_nodes.sim.geometry import invert, pose_to_matrix
 
 
-def box_mask(
-    camera, cam_to_world: np.ndarray, body_pose: np.ndarray, half_size, depth: np.ndarray | None = None
-) -> np.ndarray:
-    """(H, W) bool at ``camera``'s size: the image of a box (half sizes x, y, z) standing on the origin of a
-    body at ``body_pose`` (7: world x, y, z, qw, qx, qy, qz), seen from the optical frame ``cam_to_world``
-    (4, 4): its 8 corners projected and their convex hull filled. With ``depth`` (H, W metres) the pixels
-    where the depth sees something nearer than the box are left out (an object in front). All False when
-    a corner is behind the camera. What a robot knows of its own end effector from its pose and shape."""
+def hull_points(shape: str, half_size) -> np.ndarray:
+    """(P, 3) points whose convex hull is the pusher's body, in its body frame (metres, z up from the
+    body's origin at the bottom): the 8 corners of a box of half sizes x, y, z (``paddle``), or points on
+    a capsule of radius x standing from z = 0 to 2 z (``rod``: rings of its two hemispheres, 16 azimuths x
+    4 elevations, and the poles)."""
     hx, hy, hz = half_size
-    corners = np.array([[sx * hx, sy * hy, z] for sx in (-1, 1) for sy in (-1, 1) for z in (0.0, 2 * hz)])
+    if shape == "paddle":
+        return np.array([[sx * hx, sy * hy, z] for sx in (-1, 1) for sy in (-1, 1) for z in (0.0, 2 * hz)])
+    if shape != "rod":
+        raise ValueError(f"pusher shape must be 'paddle' or 'rod', got {shape!r}")
+    az, el = (
+        a.ravel()
+        for a in np.meshgrid(np.linspace(0, 2 * np.pi, 16, endpoint=False), np.radians([0, 30, 60, 80]))
+    )
+    ring = np.column_stack([hx * np.cos(el) * np.cos(az), hx * np.cos(el) * np.sin(az)])  # (64, 2)
+    ends = []
+    for centre, sign in ((hx, -1.0), (2 * hz - hx, 1.0)):  # the hemispheres below and above the cylinder
+        ends += [np.column_stack([ring, centre + sign * hx * np.sin(el)]), [[0.0, 0.0, centre + sign * hx]]]
+    return np.concatenate(ends)
+
+
+def hull_mask(
+    camera,
+    cam_to_world: np.ndarray,
+    body_pose: np.ndarray,
+    points: np.ndarray,
+    depth: np.ndarray | None = None,
+) -> np.ndarray:
+    """(H, W) bool at ``camera``'s size: the image of the convex body spanned by ``points`` (P, 3, body
+    frame) of a body at ``body_pose`` (7: world x, y, z, qw, qx, qy, qz), seen from the optical frame
+    ``cam_to_world`` (4, 4): the points projected and their convex hull filled (a convex body projects to
+    a convex region). With ``depth`` (H, W metres) the pixels where the depth sees something nearer than
+    the body are left out (an object in front). All False when a point is behind the camera. What a robot
+    knows of its own end effector from its pose and shape."""
     body_to_cam = invert(cam_to_world) @ pose_to_matrix(body_pose)
-    pts = corners @ body_to_cam[:3, :3].T + body_to_cam[:3, 3]  # (8, 3) metres, optical frame
+    pts = points @ body_to_cam[:3, :3].T + body_to_cam[:3, 3]  # (P, 3) metres, optical frame
     mask = np.zeros((camera.height, camera.width), np.uint8)
     if (pts[:, 2] <= 0.01).any():
         return mask > 0
@@ -33,15 +57,18 @@ def box_mask(
 
 
 def pusher_mask(ep, t: int, use_depth: bool = True) -> np.ndarray | None:
-    """``box_mask`` of a sim episode's pusher in frame ``t`` at the episode's size, or None when the episode
-    does not record the pusher's size (bags written before it was). ``use_depth``: leave out what the depth
-    image sees in front of it."""
+    """``hull_mask`` of a sim episode's pusher in frame ``t`` at the episode's size, or None when the episode
+    does not record the pusher's size (bags written before it was; bags without its shape get the box that
+    encloses either shape). ``use_depth``: leave out what the depth image sees in front of it."""
     half = ep.meta.get("pusher_half_size")
     ids = list(ep.object_ids)
     if half is None or ep.pusher_id not in ids:
         return None
     depth = ep.depth[t] if use_depth and ep.depth is not None else None
-    return box_mask(ep.camera, ep.cam_to_world[t], ep.object_poses[t, ids.index(ep.pusher_id)], half, depth)
+    points = hull_points(ep.meta.get("pusher_shape", "paddle"), half)
+    return hull_mask(
+        ep.camera, ep.cam_to_world[t], ep.object_poses[t, ids.index(ep.pusher_id)], points, depth
+    )
 
 
 def pusher_masks(ep, use_depth: bool = True) -> np.ndarray | None:
