@@ -309,9 +309,10 @@ def robot_masks(
     ep, input_size: tuple[int, int], map_size: tuple[int, int], use_depth: bool = True
 ) -> np.ndarray | None:
     """(T, h, w) bool: where the robot's own end effector (the sim's pusher) is in each frame at
-    ``map_size``, from its pose and shape, not from the image (``sim.self_mask.pusher_masks``: its box
-    projected at ``input_size``, less what the depth sees in front of it with ``use_depth``). None when the
-    episode does not give the pusher's size (bags written before it was recorded)."""
+    ``map_size``, from its pose and shape, not from the image (``sim.self_mask.pusher_masks``: the hull of
+    its box or capsule projected at ``input_size``, less what the depth sees in front of it with
+    ``use_depth``). None when the episode does not give the pusher's size (bags written before it was
+    recorded)."""
     from perception_nodes.sim.self_mask import pusher_masks
 
     H, W = input_size
