@@ -150,7 +150,7 @@ def evaluate(
     that ARFM and the baselines see, like a point tracker's jitter; ground truth stays exact. Models with
     ``history_noise_input`` are told this level (``sampling.history_noise_px`` is not used here)."""
     model.eval()
-    cfg, h, s = model.cfg, sampling.horizon, sampling.history
+    h, s = sampling.horizon, sampling.history
     sampler = FastSampler(
         model,
         h,
@@ -169,26 +169,16 @@ def evaluate(
     extra = int(warm_start)  # one more observed step: the history of the earlier forecast
     for ep in episodes:
         for current in range(s - 1 + extra, len(ep.rgb) - h, stride):
-            win = make_window(ep, current, s + extra, h, points, cfg, rng, temperature=0.0)
+            win = make_window(ep, current, s + extra, h, points, model.cfg, rng, temperature=0.0)
             if win is None:
                 continue
             if history_noise_px > 0:
                 noise = jitter.normal(0.0, history_noise_px, win.pos[:, : s + extra].shape)
                 win.pos[:, : s + extra] += noise.astype(win.pos.dtype)
-            hist, obs = win.pos[:, extra : s + extra], win.visible[:, extra : s + extra]
+            hist = win.pos[:, extra : s + extra]
             gt, vis = win.pos[:, s + extra :], win.visible[:, s + extra :]
-            cold = forecast_window(model, sampler, win.image, hist, obs, gen, noise_px=history_noise_px)
-            forecasts = {"arfm": cold, **baselines(hist, obs, h)}
-            if warm_start:
-                image = image_tensor(ep.rgb[current - 1], cfg.image_size)
-                earlier = forecast_window(
-                    model, sampler, image, win.pos[:, :s], win.visible[:, :s], gen, noise_px=history_noise_px
-                )
-                warm = aligned_warm(earlier)
-                forecasts["arfm"] = forecast_window(
-                    model, sampler, win.image, hist, obs, gen, warm, history_noise_px
-                )
-                forecasts["arfm_cold"] = cold
+            earlier = ep.rgb[current - 1] if warm_start else None
+            forecasts = _window_forecasts(model, sampler, win, s, earlier, gen, history_noise_px)
             for name, pred in forecasts.items():
                 per[name].append(example_metrics(pred, gt, vis, hist[:, -1], moving_px))
             if (
@@ -199,13 +189,48 @@ def evaluate(
                 kept.append(
                     Example((full if full is not None else ep.rgb)[current], hist, gt, vis, forecasts)
                 )
+    return _summary(per), kept
+
+
+def _window_forecasts(
+    model: ARFM,
+    sampler: FastSampler,
+    win,
+    history: int,
+    earlier_rgb: np.ndarray | None,
+    gen: torch.Generator,
+    noise_px: float,
+) -> dict[str, np.ndarray]:
+    """Forecasts of one window (K, N, H, 2) by name: ARFM cold and the baselines; with ``earlier_rgb`` (the
+    frame before the window's current one, whose history is ``win.pos[:, :history]``) also the streaming
+    update: "arfm" warm-started from the forecast made one frame earlier, "arfm_cold" the cold one."""
+    extra = int(earlier_rgb is not None)
+    hist, obs = win.pos[:, extra : history + extra], win.visible[:, extra : history + extra]
+    cold = forecast_window(model, sampler, win.image, hist, obs, gen, noise_px=noise_px)
+    forecasts = {"arfm": cold, **baselines(hist, obs, sampler.horizon)}
+    if earlier_rgb is None:
+        return forecasts
+    image = image_tensor(earlier_rgb, model.cfg.image_size)
+    earlier = forecast_window(
+        model, sampler, image, win.pos[:, :history], win.visible[:, :history], gen, noise_px=noise_px
+    )
+    forecasts["arfm"] = forecast_window(
+        model, sampler, win.image, hist, obs, gen, aligned_warm(earlier), noise_px
+    )
+    forecasts["arfm_cold"] = cold
+    return forecasts
+
+
+def _summary(per: dict[str, list[dict]]) -> dict:
+    """Mean metrics per forecaster, the window count, and ARFM's moving-point minADE over constant
+    velocity's."""
     summary = {name: _mean(rows) for name, rows in per.items()}
     summary["examples"] = len(per["arfm"])
     cv = summary["constant_velocity"].get("moving_min_ade", float("nan"))
     summary["moving_min_ade_ratio_vs_cv"] = (
         summary["arfm"].get("moving_min_ade", float("nan")) / cv if cv else float("nan")
     )
-    return summary, kept
+    return summary
 
 
 def _mean(rows: list[dict]) -> dict[str, float]:
