@@ -172,23 +172,6 @@ def state_messages(
     hdr = header(mk, stamp, frame_id)
     tfs = [transform_msg(mk, stamp, WORLD_FRAME, frame_id, camera_pose)]
     tfs += [transform_msg(mk, stamp, WORLD_FRAME, n, object_poses[i]) for i, n in enumerate(object_names)]
-    poses = mk(
-        "perception_msgs/msg/ObjectPoses",
-        header=header(mk, stamp, WORLD_FRAME),
-        ids=np.asarray(object_ids, np.uint16),
-        names=list(object_names),
-        poses=np.ascontiguousarray(object_poses, dtype=np.float64).reshape(-1),
-    )
-    command = mk(
-        "perception_msgs/msg/ActionChunk",
-        header=header(mk, stamp, WORLD_FRAME),
-        horizon=1,
-        action_dim=len(ACTION_DIMS),
-        dim_names=list(ACTION_DIMS),
-        actions=np.asarray(action, np.float32),
-        step_offsets=np.zeros(1, np.float32),
-        model_id="sim.script",
-    )
     out = [
         (TF_TOPIC, mk("tf2_msgs/msg/TFMessage", transforms=tfs)),
         (INFO_TOPIC, camera_to_info(mk, camera, hdr)),
@@ -201,28 +184,53 @@ def state_messages(
         ),
         (INSTANCES_TOPIC, numpy_to_image(mk, instance, "mono16", hdr)),
         (PARTS_TOPIC, numpy_to_image(mk, part, "mono16", hdr)),
-        (POSES_TOPIC, poses),
-        (COMMAND_TOPIC, command),
+        (POSES_TOPIC, _poses_msg(mk, stamp, object_ids, object_names, object_poses)),
+        (COMMAND_TOPIC, _command_msg(mk, stamp, action)),
     ]
     if tracks_2d is not None:
-        n = len(tracks_2d)
-        out.append(
-            (
-                TRACKS_TOPIC,
-                mk(
-                    "perception_msgs/msg/PointTracks",
-                    header=hdr,
-                    num_points=n,
-                    num_steps=1,
-                    track_ids=np.arange(n, dtype=np.uint64),
-                    points=np.ascontiguousarray(tracks_2d, dtype=np.float32).reshape(-1),
-                    visible=np.asarray(visible).astype(np.uint8),
-                    step_offsets=np.zeros(1, np.float32),
-                    segment_ids=np.asarray(track_object, np.uint16),
-                ),
-            )
-        )
+        out.append((TRACKS_TOPIC, _tracks_msg(mk, hdr, tracks_2d, visible, track_object)))
     return out
+
+
+def _poses_msg(mk, stamp: int, object_ids, object_names: list[str], object_poses: np.ndarray):
+    """ObjectPoses in the world frame: ids, names and (x, y, z, qw, qx, qy, qz) per object."""
+    return mk(
+        "perception_msgs/msg/ObjectPoses",
+        header=header(mk, stamp, WORLD_FRAME),
+        ids=np.asarray(object_ids, np.uint16),
+        names=list(object_names),
+        poses=np.ascontiguousarray(object_poses, dtype=np.float64).reshape(-1),
+    )
+
+
+def _command_msg(mk, stamp: int, action: np.ndarray):
+    """The pusher's command of this frame as a one-step ActionChunk (``ACTION_DIMS``)."""
+    return mk(
+        "perception_msgs/msg/ActionChunk",
+        header=header(mk, stamp, WORLD_FRAME),
+        horizon=1,
+        action_dim=len(ACTION_DIMS),
+        dim_names=list(ACTION_DIMS),
+        actions=np.asarray(action, np.float32),
+        step_offsets=np.zeros(1, np.float32),
+        model_id="sim.script",
+    )
+
+
+def _tracks_msg(mk, hdr, tracks_2d: np.ndarray, visible: np.ndarray, track_object: np.ndarray):
+    """PointTracks of one step: (N, 2) pixels, visibility and each point's object id as its segment id."""
+    n = len(tracks_2d)
+    return mk(
+        "perception_msgs/msg/PointTracks",
+        header=hdr,
+        num_points=n,
+        num_steps=1,
+        track_ids=np.arange(n, dtype=np.uint64),
+        points=np.ascontiguousarray(tracks_2d, dtype=np.float32).reshape(-1),
+        visible=np.asarray(visible).astype(np.uint8),
+        step_offsets=np.zeros(1, np.float32),
+        segment_ids=np.asarray(track_object, np.uint16),
+    )
 
 
 def start_messages(mk, stamp: int, info: dict[str, Any]) -> list[tuple[str, Any]]:
