@@ -113,6 +113,16 @@ def test_bfloat16_training_follows_float32_and_saves_float32_weights(tmp_path):
         TrainConfig(out=str(tmp_path), precision="fp16")
 
 
+def test_bfloat16_training_warns_on_a_cpu_without_native_bfloat16(monkeypatch, caplog):
+    from perception_nodes.segmentation.train import _check_bf16
+
+    for native, warned in ((True, False), (False, True)):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda native=native: native)
+        caplog.clear()
+        _check_bf16("cpu")
+        assert ("without native bfloat16" in caplog.text) == warned
+
+
 def test_instance_targets_give_every_object_one_id_and_the_floor_the_background():
     inst = np.zeros((2, 16, 16), np.uint16)
     inst[0, :8, :8], inst[0, 8:, 8:] = 7, 3  # two objects on the floor

@@ -857,6 +857,7 @@ def train(tcfg: TrainConfig, progress: bool = True, pairs: PairData | None = Non
     data_s = time.perf_counter() - t0
     net = EisenNet(cfg).to(tcfg.device).train()
     if tcfg.precision == "bf16":
+        _check_bf16(tcfg.device)
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=tcfg.lr)
     step, round_, targets = 0, 0, base
@@ -901,6 +902,18 @@ def train(tcfg: TrainConfig, progress: bool = True, pairs: PairData | None = Non
 
 def _ids_per_frame(targets: np.ndarray) -> float:
     return float(np.mean([len(np.unique(t[t > 0])) for t in targets]))
+
+
+def _check_bf16(device: str) -> None:
+    """Log when bfloat16 training will be slow: a CPU without native bfloat16 (AVX512-BF16 or AMX)."""
+    if torch.device(device).type != "cpu":
+        return
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a private oneDNN query: absent from some builds
+        native = False
+    if not native:
+        log.warning("--precision bf16 on a CPU without native bfloat16: steps may be slower than fp32")
 
 
 def _autocast(tcfg: TrainConfig):
