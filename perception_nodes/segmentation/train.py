@@ -186,7 +186,7 @@ class TrainConfig:
         default="fp32",
         metadata={
             "help": "fp32, or bf16: bfloat16 autocast with channels-last convolutions (weights, optimiser "
-            "and the loss's softmax stay float32; 2x faster steps on a CPU with AVX512-BF16 or AMX)"
+            "and the loss's softmax stay float32; 1.2x faster training steps on a CPU with AVX512-BF16)"
         },
     )
     threads: int = dataclasses.field(default=2, metadata={"help": "CPU threads"})
