@@ -149,27 +149,60 @@ def test_competition_helpers_match_official_formulas():
     assert torch.equal(got, (~killed.any(2, keepdim=True)).float())
 
 
-def test_kl_loss_matches_official_formula_on_sample_layout():
+def _official_kl(key, query, targets, layout):
+    """Official compute_loss on the [N, S] layout (invalid samples: logit 0, target 0), batch-averaged."""
+    logits = aff.affinity_logits(key, query, layout)
+    idx = aff.sample_index(layout)
+    total, rows = 0.0, 0.0
+    for b in range(key.shape[0]):
+        ns = aff.tiles_to_samples(logits, layout)[b]
+        seg = torch.cat([targets[b].reshape(-1), torch.zeros(1, dtype=torch.long)])
+        own = seg[:-1].unsqueeze(1)
+        same = (own == seg[idx]).float()
+        mask = (own > 0).float()
+        y_pred = torch.log((F.softmax(ns, -1) * mask).clamp(min=1e-8))
+        y_true = same / (same.sum(-1, keepdim=True) + 1e-9)
+        total = total + (F.kl_div(y_pred, y_true, reduction="none") * mask).sum()
+        rows = rows + mask.sum()
+    return total / rows
+
+
+def test_kl_loss_and_its_gradients_match_official_formula_on_sample_layout():
+    """Image 0 has two moving segments; image 1 one segment in a corner, so most of its tiles are skipped."""
     torch.manual_seed(3)
     layout = _layout(window=5, m=2)
     h, w = layout.h, layout.w
-    key, query = torch.randn(1, 8, h, w), torch.randn(1, 8, h, w)
-    targets = torch.zeros(1, h, w, dtype=torch.long)
+    key, query = torch.randn(2, 8, h, w), torch.randn(2, 8, h, w)
+    targets = torch.zeros(2, h, w, dtype=torch.long)
     targets[0, 4:20, 6:30] = 1
-    logits = aff.affinity_logits(key, query, layout)
-    ours = aff.affinity_kl_loss(key, query, targets, layout)
-    # official compute_loss on the [N, S] layout (invalid samples: logit 0, target 0)
-    idx = aff.sample_index(layout)
-    ns = aff.tiles_to_samples(logits, layout)[0]
-    seg = torch.cat([targets.reshape(-1), torch.zeros(1, dtype=torch.long)])
-    own = seg[:-1].unsqueeze(1)
-    same = (own == seg[idx]).float()
-    mask = (own > 0).float()
-    y_pred = torch.log((F.softmax(ns, -1) * mask).clamp(min=1e-8))
-    y_true = same / (same.sum(-1, keepdim=True) + 1e-9)
-    kl = (F.kl_div(y_pred, y_true, reduction="none") * mask).sum(-1)
-    theirs = kl.sum() / mask.sum()
-    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    targets[0, 22:30, 30:44] = 2
+    targets[1, 0:6, 0:5] = 3
+    grads = []
+    for loss_fn in (aff.affinity_kl_loss, _official_kl):
+        k, q = key.clone().requires_grad_(), query.clone().requires_grad_()
+        loss = loss_fn(k, q, targets, layout)
+        loss.backward()
+        grads.append((loss.detach(), k.grad, q.grad))
+    for ours, theirs in zip(*grads, strict=True):
+        assert theirs.abs().max() > 0
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+    rows = grads[0][2][1].abs().sum(0) > 0  # image 1: only its supervised rows get a query gradient
+    assert torch.equal(rows, targets[1] > 0)
+
+
+def test_kl_loss_runs_in_float32_under_bfloat16_autocast():
+    torch.manual_seed(4)
+    layout = _layout(window=5, m=2)
+    key, query = torch.randn(1, 8, layout.h, layout.w), torch.randn(1, 8, layout.h, layout.w)
+    targets = torch.zeros(1, layout.h, layout.w, dtype=torch.long)
+    targets[0, 4:20, 6:30] = 1
+    k, q = key.bfloat16().requires_grad_(), query.bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = aff.affinity_kl_loss(k, q, targets, layout)
+    loss.backward()
+    assert loss.dtype == torch.float32 and k.grad.dtype == torch.bfloat16
+    expect = _official_kl(k.detach().float(), q.detach().float(), targets, layout)
+    torch.testing.assert_close(loss.detach(), expect, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

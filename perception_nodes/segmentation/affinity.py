@@ -324,15 +324,54 @@ def tiles_to_samples(x: torch.Tensor, layout: Layout) -> torch.Tensor:
 # -- training loss ---------------------------------------------------------------------------------------
 
 
-def selected_columns(x: torch.Tensor, layout: Layout, sel: torch.Tensor) -> torch.Tensor:
-    """Sample columns of selected tiles: x (B, C, h, w), sel (K,) flat ids b·T + t -> (K, P² + G, C)."""
-    B, C = x.shape[:2]
-    T = layout.num_tiles
-    rows = torch.cat([x.reshape(B, C, -1).transpose(1, 2), x.new_zeros(B, 1, C)], 1).reshape(-1, C)
-    b, t = sel // T, sel % T
-    halo = rows[(b * (layout.h * layout.w + 1)).view(-1, 1) + layout.halo_rows.to(x.device)[t]]  # (K, P², C)
-    glob = rows[(b * (layout.h * layout.w + 1)).view(-1, 1) + layout.global_rows.to(x.device)[t]]  # (K, G, C)
-    return torch.cat([halo, glob], 1)
+def sample_columns(x: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """Every tile's sample columns: x (B, C, h, w) -> (B·T, P² + G, C), zeros outside the map.
+
+    The halos come from ``unfold`` and the global samples from ``index_select``: their backward passes are
+    a fold and a row-wise add, not the per-element scatter of an advanced-index gather.
+    """
+    B, C, h, w = (int(s) for s in x.shape)
+    t, r, P = layout.tile, layout.radius, layout.halo
+    tail = P - t - r
+    halos = F.unfold(F.pad(x, (r, tail, r, tail)), P, stride=t)  # (B, C·P², T), tiles row-major
+    halos = halos.view(B, C, P * P, -1).permute(0, 3, 2, 1)  # (B, T, P², C)
+    rows = x.permute(0, 2, 3, 1).reshape(B * h * w, C)
+    base = torch.arange(B, device=x.device).view(B, 1, 1) * (h * w)
+    glob = rows.index_select(0, (base + layout.global_rows.to(x.device)).reshape(-1))
+    glob = glob.view(B, layout.num_tiles, layout.num_global, C)
+    return torch.cat([halos, glob], 2).reshape(B * layout.num_tiles, -1, C)
+
+
+class _SampleKL(torch.autograd.Function):
+    """sum_i w_i KL(y_i || softmax(x_i)) over rows i, x = q·kᵀ, y_i uniform over the row's ``same`` samples.
+
+    One float32 pass builds the logits, the row KL and its gradient wrt the logits, w_i (softmax - y_i), in
+    place, so no per-sample intermediate is kept for autograd; the backward is two matrix products.
+    q (R, Q, C) scaled queries, k (R, S, C) sample keys, same (R, Q, S) float 0/1 (within ``cmask``),
+    cmask (Q, S) bool: each node's samples (others are -inf logits), weight (R, Q) row weights.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, same, cmask, weight):
+        with torch.autocast(q.device.type, enabled=False):
+            x = torch.bmm(q, k.transpose(1, 2))  # (R, Q, S) logits
+            inv = 1.0 / same.sum(-1).clamp(min=1)  # 1 / |same samples|
+            picked = (q * torch.bmm(same, k)).sum(-1) * inv  # mean logit of the same samples
+            x.masked_fill_(~cmask, float("-inf"))
+            top = x.amax(-1, keepdim=True)
+            total = x.sub_(top).exp_().sum(-1, keepdim=True)
+            kl = (top + total.log()).squeeze(-1) - picked + inv.log()  # logsumexp - mean - log count
+            x.mul_(weight.unsqueeze(-1) / total).addcmul_(same, (weight * inv).unsqueeze(-1), value=-1.0)
+        ctx.save_for_backward(q, k, x)
+        return (kl * weight).sum()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        q, k, g = ctx.saved_tensors
+        with torch.autocast(q.device.type, enabled=False):
+            g = g.mul_(grad)
+            return torch.bmm(g, k), torch.bmm(g.transpose(1, 2), q), None, None, None
 
 
 def affinity_kl_loss(
@@ -347,35 +386,30 @@ def affinity_kl_loss(
 
     key, query: (B, C, h, w); targets: (B, h, w) long segment ids at the layout's map size, 0 = static or
     unknown (rows masked out; as samples they never match). A row's target distribution is uniform over its
-    samples with the same id. Only tiles holding a supervised node are computed. Rows of ``background_id``
-    (a static background group) are averaged apart and added with ``background_weight``, so that their
-    number does not dilute the moving rows.
+    samples with the same id. Tiles without a supervised node are skipped. Rows of ``background_id`` (a
+    static background group) are averaged apart and added with ``background_weight``, so that their number
+    does not dilute the moving rows. Computed in float32 (also under bfloat16 autocast) by ``_SampleKL``.
     """
-    B, C = key.shape[:2]
+    B, C = int(key.shape[0]), int(key.shape[1])
     T, Q = layout.num_tiles, layout.nodes_per_tile
-    tmap = targets.view(B, 1, layout.h, layout.w).float()
-    own_all = map_to_tiles(tmap, layout.tile).reshape(B * T, Q)
-    sel = torch.nonzero(own_all.amax(-1) > 0)[:, 0]
+    tmap = targets.view(B, 1, layout.h, layout.w).float()  # ids are exact in float32
+    own = map_to_tiles(tmap, layout.tile).reshape(B * T, Q)
+    q = map_to_tiles(query.float() * C**-0.5, layout.tile).reshape(B * T, Q, C)
+    k = sample_columns(key.float(), layout)
+    cols = sample_columns(tmap, layout)[..., 0]  # (B·T, S) id of each sample, 0 outside the map
+    sel = torch.nonzero(own.amax(-1) > 0)[:, 0]
     if len(sel) == 0:
         return key.sum() * 0.0
-    q = map_to_tiles(query, layout.tile).reshape(B * T, Q, C)[sel]
-    logits = torch.bmm(q, selected_columns(key, layout, sel).transpose(1, 2))  # (K, Q, P²+G)
-    logits = logits.float() * C**-0.5  # the softmax in float32 also under bfloat16 autocast
-    cmask = column_mask(layout)
-    logits = logits.masked_fill(~cmask.unsqueeze(0), float("-inf"))
-    own = own_all[sel]  # (K, Q)
-    cols = selected_columns(tmap, layout, sel)[..., 0]  # (K, P²+G)
-    valid = edge_mask(layout)[sel % T]
-    same = (own.unsqueeze(-1) == cols.unsqueeze(1)) & (own.unsqueeze(-1) > 0) & valid
-    count = same.sum(-1)
-    log_p = F.log_softmax(logits, dim=-1)
-    # KL = sum_j y_j (log y_j - log p_j) with y uniform (1/count) over the `same` samples
-    cross = -(torch.where(same, log_p, torch.zeros_like(log_p))).sum(-1) / count.clamp(min=1)
-    kl = cross - torch.log(count.clamp(min=1).float())
-    rows = count > 0
+    if len(sel) < B * T:
+        own, q, k, cols = (v.index_select(0, sel) for v in (own, q, k, cols))
+    cmask = column_mask(layout).to(key.device)
+    same = torch.eq(own.unsqueeze(-1), cols.unsqueeze(1), out=k.new_empty(len(sel), Q, cols.shape[1]))
+    same.mul_(cmask)
+    rows = (own > 0) & (same.amax(-1) > 0)
     if background_id is None:
-        return (kl * rows).sum() / rows.sum().clamp(min=1)
-    bg = rows & (own == background_id)
-    fg = rows & ~bg
-    moving = (kl * fg).sum() / fg.sum().clamp(min=1)
-    return moving + background_weight * (kl * bg).sum() / bg.sum().clamp(min=1)
+        weight = rows / rows.sum().clamp(min=1)
+    else:
+        bg = rows & (own == background_id)
+        fg = rows & ~bg
+        weight = fg / fg.sum().clamp(min=1) + background_weight * bg / bg.sum().clamp(min=1)
+    return _SampleKL.apply(q, k, same, cmask, weight.float())
