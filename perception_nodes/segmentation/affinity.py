@@ -405,7 +405,7 @@ def affinity_kl_loss(
     cmask = column_mask(layout).to(key.device)
     same = torch.eq(own.unsqueeze(-1), cols.unsqueeze(1), out=k.new_empty(len(sel), Q, cols.shape[1]))
     same.mul_(cmask)
-    rows = (own > 0) & (same.amax(-1) > 0)
+    rows = own > 0  # a node is among its own local samples, so each such row has a same sample
     if background_id is None:
         weight = rows / rows.sum().clamp(min=1)
     else:
