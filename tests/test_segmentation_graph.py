@@ -221,3 +221,29 @@ def test_one_pass_transposed_edge_split_equals_split_then_transpose(dtype):
         assert (expect != 0).any() and (expect == 0).any()
         exact = dtype == torch.float32  # bf16: 1 - round(a) vs round(1 - a), one bf16 step apart at most
         torch.testing.assert_close(fast, expect, atol=0 if exact else 2**-8, rtol=0 if exact else 2**-7)
+
+
+def test_training_benchmark_baseline_is_the_same_loss_with_background_rows():
+    """bench/bench_segmentation_train.py times the shipped loss against the composed-ops one it replaced:
+    the comparison means something only if they are the same function (here with background rows)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_segmentation_train.py"
+    spec = importlib.util.spec_from_file_location("bench_segmentation_train", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    torch.manual_seed(5)
+    layout = _layout(window=5, m=2)
+    key, query = torch.randn(2, 8, layout.h, layout.w), torch.randn(2, 8, layout.h, layout.w)
+    targets = torch.full((2, layout.h, layout.w), 255, dtype=torch.long)
+    targets[:, 4:20, 6:30] = 1
+    targets[1, :8] = 0
+    values = []
+    for fn in (aff.affinity_kl_loss, bench.composed_kl_loss):
+        k, q = key.clone().requires_grad_(), query.clone().requires_grad_()
+        loss = fn(k, q, targets, layout, 255, 0.5)
+        loss.backward()
+        values.append((loss.detach(), k.grad, q.grad))
+    for ours, theirs in zip(*values, strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
