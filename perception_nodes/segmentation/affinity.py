@@ -345,8 +345,9 @@ def sample_columns(x: torch.Tensor, layout: Layout) -> torch.Tensor:
 class _SampleKL(torch.autograd.Function):
     """sum_i w_i KL(y_i || softmax(x_i)) over rows i, x = q·kᵀ, y_i uniform over the row's ``same`` samples.
 
-    One float32 pass builds the logits, the row KL and its gradient wrt the logits, w_i (softmax - y_i), in
-    place, so no per-sample intermediate is kept for autograd; the backward is two matrix products.
+    The forward turns one float32 block in place into the logits, then (with each row's KL on the way) into
+    the gradient wrt the logits, w_i (softmax_i - y_i): that block is all autograd keeps, and the backward
+    is two matrix products.
     q (R, Q, C) scaled queries, k (R, S, C) sample keys, same (R, Q, S) float 0/1 (within ``cmask``),
     cmask (Q, S) bool: each node's samples (others are -inf logits), weight (R, Q) row weights.
     """
