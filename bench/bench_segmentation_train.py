@@ -98,7 +98,7 @@ def time_steps(cfg, tcfg, batches, precision: str, loss_fn) -> float:
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(0)
-    saved, aff.affinity_kl_loss = aff.affinity_kl_loss, loss_fn
+    saved, aff.affinity_kl_loss = aff.affinity_kl_loss, loss_fn  # the loss train._step calls
     try:
         times = []
         for i, batch in enumerate(batches):

@@ -188,6 +188,10 @@ def test_kl_loss_and_its_gradients_match_official_formula_on_sample_layout():
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
     rows = grads[0][2][1].abs().sum(0) > 0  # image 1: only its supervised rows get a query gradient
     assert torch.equal(rows, targets[1] > 0)
+    # the loss's unfold/index_select columns are the inference path's halo and global gathers
+    B, T = key.shape[0], layout.num_tiles
+    gathered = torch.cat([aff.halo_gather(key, layout), aff.global_gather(key, layout)], dim=2)
+    assert torch.equal(aff.sample_columns(key, layout), gathered.reshape(B * T, -1, key.shape[1]))
 
 
 def test_kl_loss_runs_in_float32_under_bfloat16_autocast():
