@@ -12,6 +12,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
+from perception_nodes.forecasting.config import SamplingConfig
 from perception_nodes.forecasting.train import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--horizon", type=int, default=15, help="forecast steps")
     parser.add_argument("--euler-steps", type=int, default=4, help="Euler steps per forecast step")
     parser.add_argument(
+        "--t-end",
+        type=float,
+        default=SamplingConfig.t_end,
+        help="flow time the Euler integration stops at (default: the sampling default)",
+    )
+    parser.add_argument(
         "--warm-start",
         action="store_true",
         help="evaluate the streaming update: warm-start each window from a forecast made one frame earlier",
@@ -117,7 +124,6 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from perception_nodes.forecasting.config import SamplingConfig
     from perception_nodes.forecasting.eval import evaluate, write_report
     from perception_nodes.forecasting.weights import load_model
 
@@ -128,6 +134,7 @@ def run_eval(args: argparse.Namespace) -> int:
         horizon=args.horizon,
         history=args.history,
         euler_steps=args.euler_steps,
+        t_end=args.t_end,
         warm_start_t=args.warm_t,
         warm_start_steps=args.warm_steps,
     )
