@@ -87,28 +87,35 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    S = SamplingConfig  # the sampling flags default to the component's sampling defaults
     _add_data_arguments(parser, default_seed=900000)
     parser.add_argument("--out", required=True, help="folder for forecast_eval.json and forecast_eval.png")
     parser.add_argument("--weights", default=str(DEFAULT_OUT), help="ARFM .safetensors (with its .json)")
     parser.add_argument("--points", type=int, default=100, help="points per example")
     parser.add_argument("--stride", type=int, default=8, help="frames between evaluated windows")
-    parser.add_argument("--samples", type=int, default=5, help="samples K (best-of-K metrics)")
-    parser.add_argument("--history", type=int, default=8, help="observed steps")
-    parser.add_argument("--horizon", type=int, default=15, help="forecast steps")
-    parser.add_argument("--euler-steps", type=int, default=4, help="Euler steps per forecast step")
+    parser.add_argument("--samples", type=int, default=S.num_samples, help="samples K (best-of-K metrics)")
+    parser.add_argument("--history", type=int, default=S.history, help="observed steps")
+    parser.add_argument("--horizon", type=int, default=S.horizon, help="forecast steps")
+    parser.add_argument(
+        "--euler-steps", type=int, default=S.euler_steps, help="Euler steps per forecast step"
+    )
     parser.add_argument(
         "--t-end",
         type=float,
-        default=SamplingConfig.t_end,
-        help="flow time the Euler integration stops at (default: the sampling default)",
+        default=S.t_end,
+        help="flow time the Euler integration stops at (default %(default)s; the released code: 0.9375)",
     )
     parser.add_argument(
         "--warm-start",
         action="store_true",
         help="evaluate the streaming update: warm-start each window from a forecast made one frame earlier",
     )
-    parser.add_argument("--warm-t", type=float, default=0.8, help="flow time a warm start re-noises to")
-    parser.add_argument("--warm-steps", type=int, default=1, help="Euler steps of a warm-started step")
+    parser.add_argument(
+        "--warm-t", type=float, default=S.warm_start_t, help="flow time a warm start re-noises to"
+    )
+    parser.add_argument(
+        "--warm-steps", type=int, default=S.warm_start_steps, help="Euler steps of a warm-started step"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the point draw (and of the noise)")
     parser.add_argument("--sample-seed", type=int, default=None, help="seed of the flow noise only")
     parser.add_argument("--moving-px", type=float, default=4.0, help="'moving' threshold at the 256 scale")
