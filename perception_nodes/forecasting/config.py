@@ -179,7 +179,7 @@ class SamplingConfig:
         metadata={
             "help": "flow time the Euler integration stops at (the released code stops at 15/16, which "
             "shortens every step by 1/16 and leaves 1/16 of its noise; the shipped small model forecasts "
-            "better at 1.0 on every check, see models/arfm_small.md; use 15/16 to follow the released code)"
+            "better at 1.0, see models/arfm_small.md; use 15/16 to follow the released code)"
         },
     )
     seed: int = field(default=0, metadata={"help": "noise seed (-1: nondeterministic)"})
