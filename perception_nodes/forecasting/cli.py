@@ -125,6 +125,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="Gaussian jitter (std, px at the 256 scale) added to observed histories, like a tracker's",
     )
+    parser.add_argument(
+        "--tracker-histories",
+        action="store_true",
+        help="histories from our LK tracker, started at the true positions of the first history step "
+        "(the future stays ground truth; points the tracker drops are not scored)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
 
 
@@ -157,8 +163,10 @@ def run_eval(args: argparse.Namespace) -> int:
         warm_start=args.warm_start,
         sample_seed=args.sample_seed,
         history_noise_px=args.history_noise_px,
+        tracker_histories=args.tracker_histories,
     )
     summary["history_noise_px"] = args.history_noise_px
+    summary["tracker_histories"] = args.tracker_histories
     summary["weights"] = str(args.weights)
     summary["sampling"] = dataclasses.asdict(sampling)
     path = write_report(summary, examples, model.cfg.coord_size, args.out)
@@ -169,6 +177,11 @@ def run_eval(args: argparse.Namespace) -> int:
         f"CV {cv['moving_min_ade']:.2f} / static {st['moving_min_ade']:.2f} "
         f"(ratio vs CV {summary['moving_min_ade_ratio_vs_cv']:.2f}) -> {path}"
     )
+    if args.tracker_histories:
+        print(
+            f"tracker histories: median error {summary['history_error_px']:.2f} px, "
+            f"{100 * summary['tracks_dropped']:.1f} % of points dropped (not scored)"
+        )
     if args.warm_start:
         c = summary["arfm_cold"]
         print(

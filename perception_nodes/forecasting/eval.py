@@ -7,7 +7,9 @@ All errors are measured in the 256 x 256 model frame (``coord_size``), as the of
   future steps, averaged over points; ``moving_*``: the same on points whose true future moves more than
   ``moving_px`` from the query position.
 Baselines get the same points: ``static`` (the query point stays) and ``constant_velocity`` (the last
-observed step displacement repeats). Histories are ground-truth tracks (the forecaster is evaluated alone).
+observed step displacement repeats). Histories are ground-truth tracks (the forecaster is evaluated alone),
+or, with ``tracker_histories``, what our LK ``PointTracker`` makes of them (``tracked_history``), so that
+the forecast meets a real tracker's errors while the future it is scored against stays ground truth.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 
 from perception_nodes.forecasting.config import SamplingConfig
 from perception_nodes.forecasting.network import ARFM
-from perception_nodes.forecasting.processor import image_tensor, make_window
+from perception_nodes.forecasting.processor import from_model, image_tensor, make_window, to_model
 from perception_nodes.forecasting.sampler import FastSampler, ForecastInputs
 
 log = logging.getLogger(__name__)
@@ -139,6 +141,7 @@ def evaluate(
     warm_start: bool = False,
     sample_seed: int | None = None,
     history_noise_px: float = 0.0,
+    tracker_histories: bool = False,
 ) -> tuple[dict, list[Example]]:
     """Metrics of ARFM and the baselines over windows every ``stride`` frames of each episode.
 
@@ -148,7 +151,11 @@ def evaluate(
     ``sample_seed``: seed of the flow noise (default ``seed``, which also draws the points).
     ``history_noise_px``: Gaussian noise (std, model pixels per coordinate) added to the observed history
     that ARFM and the baselines see, like a point tracker's jitter; ground truth stays exact. Models with
-    ``history_noise_input`` are told this level (``sampling.history_noise_px`` is not used here)."""
+    ``history_noise_input`` are told this level (``sampling.history_noise_px`` is not used here).
+    ``tracker_histories``: histories from ``tracked_history`` (episodes need ``full_rgb``); points the
+    tracker cannot start or has dropped by the current frame are not scored. The summary adds
+    ``history_error_px``, the median distance of tracked positions from the true ones, and
+    ``tracks_dropped``, the share of points left out."""
     model.eval()
     h, s = sampling.horizon, sampling.history
     sampler = FastSampler(
@@ -166,12 +173,16 @@ def evaluate(
     names = ["arfm", "constant_velocity", "static"] + (["arfm_cold"] if warm_start else [])
     per: dict[str, list[dict]] = {name: [] for name in names}
     kept: list[Example] = []
+    errors, dropped = [], []  # tracker_histories: per window, errors of tracked positions, dropped points
     extra = int(warm_start)  # one more observed step: the history of the earlier forecast
     for ep in episodes:
         for current in range(s - 1 + extra, len(ep.rgb) - h, stride):
             win = make_window(ep, current, s + extra, h, points, model.cfg, rng, temperature=0.0)
             if win is None:
                 continue
+            if tracker_histories:
+                errors.append(_track_window(ep, current, win, s + extra, model.cfg.coord_size))
+                dropped.append(~win.visible[:, s + extra :].any(axis=1))
             if history_noise_px > 0:
                 noise = jitter.normal(0.0, history_noise_px, win.pos[:, : s + extra].shape)
                 win.pos[:, : s + extra] += noise.astype(win.pos.dtype)
@@ -189,7 +200,53 @@ def evaluate(
                 kept.append(
                     Example((full if full is not None else ep.rgb)[current], hist, gt, vis, forecasts)
                 )
-    return _summary(per), kept
+    summary = _summary(per)
+    if tracker_histories:
+        summary["history_error_px"] = float(np.median(np.concatenate(errors)))
+        summary["tracks_dropped"] = float(np.concatenate(dropped).mean())
+    return summary, kept
+
+
+def tracked_history(
+    episode, current: int, true_history: np.ndarray, coord_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Our LK tracker's view of a window's S history steps, frames ``current - S + 1 .. current`` of
+    ``episode.full_rgb``, started at the true positions of the first step (model frame).
+    true_history (M, S, 2) -> positions (M, S, 2) model frame, seen (M, S) bool (tracker visibility),
+    alive (M,) bool: the track still exists at the current frame (the tracker frees slots that leave the
+    image or stay occluded too long; the forecast node never sees those)."""
+    from perception_nodes.tracking.config import TrackerConfig
+    from perception_nodes.tracking.tracker import PointTracker
+
+    frames = getattr(episode, "full_rgb", None)
+    if frames is None:
+        raise ValueError("tracker histories need the episodes' full-resolution frames (keep_full=True)")
+    m, steps = true_history.shape[:2]
+    h, w = frames.shape[1:3]
+    tracker = PointTracker(TrackerConfig(num_points=m))
+    tracker.step(frames[current - steps + 1], reseed=False)
+    tracker.add_points(from_model(true_history[:, 0], w, h, coord_size), np.arange(m))
+    pos, seen, state = [true_history[:, 0]], [np.ones(m, bool)], None
+    for frame in frames[current - steps + 2 : current + 1]:
+        state = tracker.step(frame, reseed=False)
+        pos.append(to_model(state.positions, w, h, coord_size))
+        seen.append(state.visible.copy())
+    alive = state.alive.copy() if state is not None else np.ones(m, bool)
+    return np.stack(pos, 1).astype(true_history.dtype), np.stack(seen, 1), alive
+
+
+def _track_window(episode, current: int, win, steps: int, coord_size: int) -> np.ndarray:
+    """Replace the window's first ``steps`` positions by tracked ones, in place; points not visible at the
+    first step or dropped by the tracker get no visible future (so no score). Returns the tracked positions'
+    errors (px, model frame) where both the truth and the tracker see the point."""
+    true = win.pos[:, :steps].copy()
+    pos, seen, alive = tracked_history(episode, current, true, coord_size)
+    win.pos[:, :steps] = pos
+    win.visible[:, :steps] &= seen
+    keep = alive & win.visible[:, 0]
+    win.visible[~keep, steps:] = False
+    both = win.visible[:, :steps] & keep[:, None]
+    return np.linalg.norm(pos - true, axis=-1)[both]
 
 
 def _window_forecasts(
