@@ -181,8 +181,9 @@ def evaluate(
             if win is None:
                 continue
             if tracker_histories:
-                errors.append(_track_window(ep, current, win, s + extra, model.cfg.coord_size))
-                dropped.append(~win.visible[:, s + extra :].any(axis=1))
+                error, left_out = _track_window(ep, current, win, s + extra, model.cfg.coord_size)
+                errors.append(error)
+                dropped.append(left_out)
             if history_noise_px > 0:
                 noise = jitter.normal(0.0, history_noise_px, win.pos[:, : s + extra].shape)
                 win.pos[:, : s + extra] += noise.astype(win.pos.dtype)
@@ -201,7 +202,7 @@ def evaluate(
                     Example((full if full is not None else ep.rgb)[current], hist, gt, vis, forecasts)
                 )
     summary = _summary(per)
-    if tracker_histories:
+    if errors:
         summary["history_error_px"] = float(np.median(np.concatenate(errors)))
         summary["tracks_dropped"] = float(np.concatenate(dropped).mean())
     return summary, kept
@@ -235,10 +236,11 @@ def tracked_history(
     return np.stack(pos, 1).astype(true_history.dtype), np.stack(seen, 1), alive
 
 
-def _track_window(episode, current: int, win, steps: int, coord_size: int) -> np.ndarray:
+def _track_window(episode, current: int, win, steps: int, coord_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Replace the window's first ``steps`` positions by tracked ones, in place; points not visible at the
     first step or dropped by the tracker get no visible future (so no score). Returns the tracked positions'
-    errors (px, model frame) where both the truth and the tracker see the point."""
+    errors (px, model frame) where both the truth and the tracker see the point, and the left-out points
+    (M,) bool."""
     true = win.pos[:, :steps].copy()
     pos, seen, alive = tracked_history(episode, current, true, coord_size)
     win.pos[:, :steps] = pos
@@ -246,7 +248,7 @@ def _track_window(episode, current: int, win, steps: int, coord_size: int) -> np
     keep = alive & win.visible[:, 0]
     win.visible[~keep, steps:] = False
     both = win.visible[:, :steps] & keep[:, None]
-    return np.linalg.norm(pos - true, axis=-1)[both]
+    return np.linalg.norm(pos - true, axis=-1)[both], ~keep
 
 
 def _window_forecasts(
