@@ -188,3 +188,53 @@ def test_perturb_future_walks_the_generated_steps_and_keeps_the_history():
     ratio = drift[3] / drift[0]
     assert 1.8 < ratio < 2.2
     assert torch.equal(perturb_future(pos, 8, TrainConfig(), gen), pos)
+
+
+def test_per_step_flow_times_condition_each_step_of_the_head_alone():
+    torch.manual_seed(0)
+    head = ARFM(small()).head.eval()
+    with torch.no_grad():  # the adaLN layers start at zero (DiT init): give the flow time an effect
+        for p in head.parameters():
+            p.normal_(0, 0.3)
+    b, n, s = 2, 5, 4
+    fused = torch.randn(b, n, s, small().hidden_size)
+    noised, valid = torch.randn(b, n, s, 2), torch.ones(b, n, dtype=torch.bool)
+    t = torch.tensor([0.3, 0.8])
+    with torch.no_grad():
+        per_example = head(fused, noised, t, None, valid)
+        # one time per example is the same as that time at every step
+        torch.testing.assert_close(head(fused, noised, t[:, None].expand(b, s), None, valid), per_example)
+        steps = t[:, None].repeat(1, s)
+        steps[1, 2] = 0.1  # another flow time at one step of one example
+        moved = head(fused, noised, steps, None, valid)
+    changed = (moved - per_example).abs().amax(dim=(1, 3)) > 1e-6  # (B, S)
+    assert changed[1, 2] and changed.sum() == 1, changed
+
+
+@pytest.mark.parametrize("over", [{"time_per_step": True}, {"time_per_step": True, "head_repeats": 3}])
+def test_per_step_times_and_head_repeats_train(tmp_path, over):
+    cfg = dataclasses.replace(CFG, **over)
+    clips = _clips()
+    probe = WindowSampler(
+        clips, dataclasses.replace(cfg, batch_size=6), small(), np.random.default_rng(99)
+    ).batch()
+    base = dataclasses.replace(cfg, time_per_step=False, head_repeats=1)
+    torch.manual_seed(cfg.seed)
+    before = _fixed_loss(ARFM(small()), probe, base)
+    train(clips, cfg, tmp_path / "m.safetensors", progress=False)
+    assert _fixed_loss(load_model(tmp_path / "m.safetensors"), probe, base) < 0.7 * before
+
+
+def test_head_repeats_average_independent_draws_on_one_fusion_pass():
+    torch.manual_seed(0)
+    model = ARFM(small()).eval()
+    batch = WindowSampler(_clips(), CFG, small(), np.random.default_rng(5)).batch()
+    # no history jitter: the generator then only draws each pass's noise and flow times
+    one = dataclasses.replace(CFG, time_per_step=True, input_jitter_px=0.0)
+    three = dataclasses.replace(one, head_repeats=3)
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(7)
+        singles = [float(flow_loss(model, batch, CFG.history, one, gen)) for _ in range(3)]
+        repeated = float(flow_loss(model, batch, CFG.history, three, torch.Generator().manual_seed(7)))
+    assert max(singles) - min(singles) > 1e-3  # each pass draws its own noise and times
+    assert repeated == pytest.approx(np.mean(singles), rel=1e-5)

@@ -477,11 +477,13 @@ class FlowHead(nn.Module):
         cond: torch.Tensor | None,
         point_valid: torch.Tensor,
     ) -> torch.Tensor:
-        """fused (B, N, S, Df), noised (B, N, S, 2), t (B,), cond (B, D) or None, point_valid (B, N)
-        -> velocity (B, N, S, 2)."""
+        """fused (B, N, S, Df), noised (B, N, S, 2), t (B,) or per step (B, S), cond (B, D) or None,
+        point_valid (B, N) -> velocity (B, N, S, 2). All points of a step share its flow time, as in
+        sampling."""
         b, n, s, _ = fused.shape
-        c = self.condition(t, cond)  # (B, D)
-        mods = [m.repeat_interleave(s, dim=0)[:, None, :] for m in self.modulations(c)]  # (B*S, 1, .)
+        t = t[:, None].expand(b, s) if t.dim() == 1 else t
+        c = self.condition(t, None if cond is None else cond[:, None])  # (B, S, D)
+        mods = [m.reshape(b * s, 1, -1) for m in self.modulations(c)]  # (B*S, 1, .)
         mask = torch.where(point_valid, 0.0, NEG).to(fused.dtype)
         mask = mask.repeat_interleave(s, dim=0)[:, None, None, :]
         x_base = self.base(fused).transpose(1, 2).reshape(b * s, n, -1)

@@ -81,6 +81,20 @@ class TrainConfig:
             "generated steps as rough as the model's own samples; targets stay the true displacements"
         },
     )
+    time_per_step: bool = field(
+        default=False,
+        metadata={
+            "help": "draw a flow time for every step of every example (all points of a step share it, as in "
+            "sampling) instead of one per example"
+        },
+    )
+    head_repeats: int = field(
+        default=1,
+        metadata={
+            "help": "flow-head passes per batch, each with its own noise and flow times, on the same fused "
+            "states (the fusion runs once); the loss is their mean"
+        },
+    )
     flip: bool = field(default=True, metadata={"help": "random left-right mirroring"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
@@ -89,8 +103,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.time_sampling not in TIME_SAMPLINGS:
             raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}")
-        if min(self.steps, self.batch_size, self.points, self.history, self.horizon) < 1:
-            raise ValueError("steps, batch_size, points, history and horizon must be >= 1")
+        if min(self.steps, self.batch_size, self.points, self.history, self.horizon, self.head_repeats) < 1:
+            raise ValueError("steps, batch_size, points, history, horizon and head_repeats must be >= 1")
         if not 0 <= self.ema < 1:
             raise ValueError("ema must be in [0, 1)")
 
@@ -173,14 +187,20 @@ def flow_loss(
     else:
         disp = pos[:, :, 1:] - pos[:, :, :-1]  # (B, N, L - 1, 2) d_s
     target = disp / model.cfg.displacement_scale
-    noise = torch.randn(target.shape, generator=gen)
-    t = sample_times(b, cfg.time_sampling, gen)
-    noised = t[:, None, None, None] * target + (1 - t[:, None, None, None]) * noise
     fmaps, tokens = model.encode_image(batch["image"])
     cond = model.condition(b, None, None, pos.device)
-    vel = model(fmaps, tokens, inputs, observed, valid, history, noised, t, cond, noise_level=level)
-    err = ((vel - (target - noise)) ** 2).mean(-1)
-    return err[mask].mean() if mask.any() else err.sum() * 0.0
+    fused = model.fuse(fmaps, tokens, inputs, observed, valid, history, noise_level=level)
+    if not mask.any():
+        return fused.sum() * 0.0
+    losses = []
+    for _ in range(cfg.head_repeats):
+        noise = torch.randn(target.shape, generator=gen)
+        t = sample_times(b * (length - 1) if cfg.time_per_step else b, cfg.time_sampling, gen)
+        t = t.view(b, length - 1) if cfg.time_per_step else t[:, None].expand(b, length - 1)
+        noised = t[:, None, :, None] * target + (1 - t[:, None, :, None]) * noise
+        vel = model.head(fused, noised, t, cond, valid)
+        losses.append(((vel - (target - noise)) ** 2).mean(-1)[mask].mean())
+    return torch.stack(losses).mean()
 
 
 class WindowSampler:
