@@ -86,3 +86,10 @@ def test_tracker_histories_need_full_frames():
     episode = lighten(make_clip(0, num_frames=10), 128)  # frames resized only: full_rgb is None
     with pytest.raises(ValueError, match="full-resolution"):
         tracked_history(episode, 7, np.zeros((4, 8, 2), np.float32), 256)
+
+
+def test_eval_forecasting_on_clips_too_short_for_a_window_is_one_clear_error(tmp_path, capsys):
+    argv = ["eval", "forecasting", "--synthetic", "1", "--sim-frames", "20", "--threads", "1"]
+    assert main([*argv, "--out", str(tmp_path / "short")]) == 2  # 8 observed + 15 future > 20 frames
+    err = capsys.readouterr().err
+    assert "no window to score" in err and "23 frames" in err and "[20]" in err

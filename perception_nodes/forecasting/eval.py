@@ -201,6 +201,13 @@ def evaluate(
                 kept.append(
                     Example((full if full is not None else ep.rgb)[current], hist, gt, vis, forecasts)
                 )
+    if not per["arfm"]:
+        need = s + extra + h
+        lengths = sorted({len(ep.rgb) for ep in episodes})
+        raise ValueError(
+            f"no window to score: a window needs {need} frames ({s + extra} observed + {h} future) with "
+            f"tracks visible at its current frame; the episodes have {lengths or 'no'} frames"
+        )
     summary = _summary(per)
     if errors:
         summary["history_error_px"] = float(np.median(np.concatenate(errors)))
