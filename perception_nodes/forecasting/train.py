@@ -5,10 +5,12 @@ Per example: a window of ``history`` observed steps and ``horizon`` future steps
 step s learns the velocity of x_t = t * d_s + (1 - t) * noise, d_s = (x_{s+1} - x_s) / displacement_scale
 (with ``residual_motion``: what is left after continuing the last displacement or the motion window's
 mean, ``residual_targets``),
-towards d_s - noise, with t from cosmap(U) (official), logit-normal or uniform; the loss is masked where a
-step's start or end point is not visible. AdamW, warmup + cosine, gradient clipping, EMA weights (used for
-inference). Resumable: the EMA model (.safetensors + .json) and a training state (online weights, EMA and
-optimiser moments, step) are written every ``checkpoint_every`` steps.
+towards d_s - noise, with t from cosmap(U) (official), logit-normal or uniform, drawn per step of each
+window (``time_per_step``; the released code draws one per window); the fusion runs once per batch and
+the flow head ``head_repeats`` times with fresh noise and times (the mean of their losses). The loss is
+masked where a step's start or end point is not visible. AdamW, warmup + cosine, gradient clipping, EMA
+weights (used for inference). Resumable: the EMA model (.safetensors + .json) and a training state
+(online weights, EMA and optimiser moments, step) are written every ``checkpoint_every`` steps.
 """
 
 from __future__ import annotations
@@ -82,17 +84,18 @@ class TrainConfig:
         },
     )
     time_per_step: bool = field(
-        default=False,
+        default=True,
         metadata={
             "help": "draw a flow time for every step of every example (all points of a step share it, as in "
-            "sampling) instead of one per example"
+            "sampling) instead of one per example (the released code)"
         },
     )
     head_repeats: int = field(
-        default=1,
+        default=4,
         metadata={
             "help": "flow-head passes per batch, each with its own noise and flow times, on the same fused "
-            "states (the fusion runs once); the loss is their mean"
+            "states (the fusion runs once); the loss is their mean. 4 trains the shipped small model "
+            "(validation 0.516x constant velocity vs 0.525x with 1, see its card); the released code uses 1"
         },
     )
     flip: bool = field(default=True, metadata={"help": "random left-right mirroring"})
